@@ -1,0 +1,133 @@
+"""Opening a redis-py client for a cache URL, detecting cluster or standalone by itself."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+
+from ..errors import ConfigError
+from .retry import RetryPolicy
+from .urls import CacheURL
+
+__all__ = ["ConnectOptions", "open_client"]
+
+log = logging.getLogger(__name__)
+
+Client = redis.Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """Socket and TLS options. ``ssl_cert_reqs`` other than ``required`` is logged as a warning."""
+
+    socket_timeout: float = 10.0
+    connect_timeout: float = 3.0
+    max_connections: int = 64
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = field(default=None, repr=False)
+    ssl_cert_reqs: str = "required"
+
+    def __post_init__(self) -> None:
+        if self.ssl_cert_reqs not in ("required", "optional", "none"):
+            raise ConfigError(f"ssl_cert_reqs={self.ssl_cert_reqs!r} must be 'required', 'optional' or 'none'")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections={self.max_connections!r} must be >= 1")
+
+
+def _kwargs(url: CacheURL, options: ConnectOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "username": url.username,
+        "password": url.password,
+        "socket_timeout": options.socket_timeout,
+        "socket_connect_timeout": options.connect_timeout,
+        # Our RetryPolicy owns retries and deadlines; redis-py's own retries would
+        # only multiply the wait.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if url.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=options.ssl_ca_certs,
+            ssl_certfile=options.ssl_certfile,
+            ssl_keyfile=options.ssl_keyfile,
+            ssl_cert_reqs=options.ssl_cert_reqs,
+        )
+        if options.ssl_cert_reqs != "required":
+            log.warning("TLS certificate verification is %r for %s: connections can be intercepted",
+                        options.ssl_cert_reqs, url.redacted())
+    return kwargs
+
+
+def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
+    """Find a live seed and whether it runs in cluster mode."""
+    last: Exception | None = None
+    for host, port in url.seeds:
+        probe = redis.Redis(host=host, port=port, db=url.db, **_kwargs(url, options))
+        try:
+            info = probe.info("cluster")
+            return host, port, bool(int(info.get("cluster_enabled", 0)))
+        except (rex.AuthenticationError, rex.NoPermissionError):
+            raise
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            last = exc
+        except rex.ResponseError:
+            # INFO may be denied by an ACL: fall back to asking for the cluster topology.
+            try:
+                probe.execute_command("CLUSTER", "MYID")
+                return host, port, True
+            except rex.ResponseError as exc:
+                if "cluster support disabled" in str(exc).lower():
+                    return host, port, False
+                raise
+        finally:
+            probe.close()
+    assert last is not None
+    raise last
+
+
+def open_client(url: CacheURL, options: ConnectOptions, retry: RetryPolicy) -> tuple[Client, bool]:
+    """A client for ``url``: ``RedisCluster`` when the server runs in cluster mode.
+
+    Returns ``(client, is_cluster)``; connection failures are retried until
+    ``retry``'s deadline and then raise CacheUnavailable.
+    """
+    host, port, is_cluster = retry.call(
+        lambda: _probe(url, options), what=f"connecting to {url.redacted()}", node=url.redacted
+    )
+    kwargs = _kwargs(url, options)
+    if not is_cluster:
+        pool_cls = redis.BlockingConnectionPool
+        pool_kwargs = dict(kwargs)
+        pool_kwargs.pop("retry")
+        if url.tls:
+            pool_kwargs.pop("ssl")
+            pool_kwargs["connection_class"] = redis.SSLConnection
+        pool = pool_cls(
+            host=host, port=port, db=url.db, max_connections=options.max_connections, timeout=None,
+            retry=Retry(NoBackoff(), 0), **pool_kwargs,
+        )
+        return redis.Redis(connection_pool=pool), False
+    if url.db != 0:
+        raise ConfigError(f"{url.redacted()} is a cluster: Redis Cluster has only database 0; drop '/{url.db}'")
+    seeds = [ClusterNode(h, p) for h, p in url.seeds]
+
+    def build() -> RedisCluster:
+        return RedisCluster(
+            startup_nodes=seeds,
+            max_connections=options.max_connections,
+            require_full_coverage=False,
+            reinitialize_steps=1,
+            **kwargs,
+        )
+
+    client = retry.call(build, what=f"reading the cluster topology from {url.redacted()}",
+                        node=lambda: f"{host}:{port}")
+    return client, True

@@ -1,0 +1,86 @@
+"""Every Redis key name that shardcache uses, in one place.
+
+Dataset names are percent-encoded so that only ``[A-Za-z0-9._-]`` remain: ``a:b``
+becomes ``a%3Ab``, so confusable names (``a:b`` against ``a`` plus ``b``) can never
+share a key. Metadata of one dataset shares the hash tag ``{d=NAME}`` (one slot,
+so Lua scripts can update it atomically); shard keys carry no hash tag, so shards
+spread over every primary.
+
+>>> ks = KeySpace("sc:")
+>>> ks.manifest("a:b", "v1")
+'sc:{d=a%3Ab}:m:v1'
+>>> ks.shard("a:b", "v1", 3)
+'sc:s:a%3Ab:v1:3'
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from ..errors import ConfigError
+
+__all__ = ["KeySpace", "validate_dataset_name", "validate_version"]
+
+MAX_NAME_LENGTH = 200
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def validate_dataset_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"dataset={name!r} must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ConfigError(f"dataset={name!r} contains control characters; use printable names")
+    return name
+
+
+def validate_version(version: object) -> str:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ConfigError(f"version={version!r} must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return version
+
+
+class KeySpace:
+    """Builds key names under ``prefix`` (default ``sc:``)."""
+
+    def __init__(self, prefix: str = "sc:") -> None:
+        if not _PREFIX.match(prefix or ""):
+            raise ConfigError(f"prefix={prefix!r} must be 1-64 characters of letters, digits, '_.:-', e.g. 'sc:'")
+        self.prefix = prefix
+
+    @staticmethod
+    def encode(name: str) -> str:
+        return quote(validate_dataset_name(name), safe="")
+
+    def _meta(self, name: str) -> str:
+        return f"{self.prefix}{{d={self.encode(name)}}}"
+
+    def datasets(self) -> str:
+        return f"{self.prefix}datasets"
+
+    def latest(self, name: str) -> str:
+        return f"{self._meta(name)}:latest"
+
+    def versions(self, name: str) -> str:
+        return f"{self._meta(name)}:versions"
+
+    def manifest(self, name: str, version: str) -> str:
+        return f"{self._meta(name)}:m:{validate_version(version)}"
+
+    def done(self, name: str, version: str) -> str:
+        return f"{self._meta(name)}:done:{validate_version(version)}"
+
+    def lock(self, name: str) -> str:
+        return f"{self._meta(name)}:lock"
+
+    def leases(self, name: str) -> str:
+        return f"{self._meta(name)}:leases"
+
+    def shard(self, name: str, version: str, index: int) -> str:
+        return f"{self.prefix}s:{self.encode(name)}:{validate_version(version)}:{int(index)}"
+
+    @staticmethod
+    def chunk(shard_key: str, chunk: int) -> str:
+        """Key of chunk ``chunk`` of a shard; chunk 0 is the shard key itself."""
+        return shard_key if chunk == 0 else f"{shard_key}:{chunk}"

@@ -1,0 +1,730 @@
+"""ShardCache: the shard store on Redis Cluster (or one standalone Redis).
+
+>>> cache = connect("redis://127.0.0.1:7000")            # doctest: +SKIP
+>>> m = cache.manifest("imagenet-train")                  # doctest: +SKIP
+>>> for index, buf in cache.get_shards(m, range(m.num_shards)):   # doctest: +SKIP
+...     table = decode_payload(buf, schema=m.schema)
+
+Reads are one GET per key from a bounded thread pool: for MiB-sized values MGET
+and pipelines halve throughput on this kind of machine (shared/BASELINES.md).
+Every call rides through failover with :class:`RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import pyarrow as pa
+import redis.exceptions as rex
+
+from ..errors import (
+    CacheUnavailable,
+    CapacityExceeded,
+    ConfigError,
+    DatasetInUse,
+    DatasetLocked,
+    DatasetNotFound,
+    ManifestCorrupted,
+    ShardCacheError,
+    ShardCorrupted,
+    ShardMissing,
+)
+from ..units import format_bytes, parse_size
+from .codec import checksum, decode_payload, split_chunks
+from .connection import Client, ConnectOptions, open_client
+from .keys import KeySpace, validate_dataset_name, validate_version
+from .locks import DatasetLock, Lease
+from .manifest import Manifest, ShardInfo, apply_shard_record, shard_record
+from .retry import RetryPolicy
+from .stats import CacheStats
+from .urls import CacheURL, resolve_url
+
+__all__ = ["Capacity", "NodeMemory", "ShardCache", "connect"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+
+_BEGIN = """
+local cur = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[2])
+if cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return false
+"""
+_COMMIT = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return redis.error_reply('SHARDCACHE_LOCK_LOST')
+end
+if not redis.call('GET', KEYS[1]) then
+  return redis.error_reply('SHARDCACHE_NO_MANIFEST')
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+# KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..].
+_DELETE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[1] ~= '1' then
+  local blocked = {}
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local v = string.match(member, '^([^|]*)|')
+    for i = 2, #ARGV do
+      if v == ARGV[i] or v == '*' then table.insert(blocked, member) end
+    end
+  end
+  if #blocked > 0 then return {0, blocked} end
+end
+local out = {}
+for i = 2, #ARGV do
+  local mkey = KEYS[4 + 2 * (i - 2)]
+  local dkey = KEYS[5 + 2 * (i - 2)]
+  local m = redis.call('GET', mkey)
+  table.insert(out, m or '')
+  local pending = redis.call('HGETALL', dkey)
+  table.insert(out, cjson.encode(pending))
+  redis.call('DEL', mkey, dkey)
+  redis.call('ZREM', KEYS[2], ARGV[i])
+end
+local newest = redis.call('ZREVRANGE', KEYS[2], 0, 0)
+if newest[1] then redis.call('SET', KEYS[3], newest[1]) else redis.call('DEL', KEYS[3]) end
+return {1, out, redis.call('ZCARD', KEYS[2])}
+"""
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    """Memory of one primary. ``maxmemory`` 0 means no limit was set."""
+
+    node: str
+    used: int
+    maxmemory: int
+    policy: str
+    system: int
+
+    @property
+    def free(self) -> int:
+        limit = self.maxmemory or self.system
+        return max(limit - self.used, 0)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    nodes: tuple[NodeMemory, ...]
+
+    @property
+    def used(self) -> int:
+        return sum(n.used for n in self.nodes)
+
+    @property
+    def maxmemory(self) -> int:
+        return sum(n.maxmemory for n in self.nodes)
+
+    @property
+    def free(self) -> int:
+        return sum(n.free for n in self.nodes)
+
+    @property
+    def policies(self) -> set[str]:
+        return {n.policy for n in self.nodes}
+
+
+def connect(
+    url: str | None = None,
+    *,
+    password: str | None = None,
+    prefix: str = "sc:",
+    retry: RetryPolicy | None = None,
+    chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+    read_concurrency: int = 4,
+    shard_ttl: float | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> ShardCache:
+    """Connect to the cache at ``url`` (else ``SHARDCACHE_REDIS_URL``).
+
+    Cluster or standalone is detected. ``options`` are :class:`ConnectOptions`
+    (timeouts, ``max_connections``, ``ssl_ca_certs``...). ``SHARDCACHE_TLS_CA`` names
+    a CA file when ``ssl_ca_certs`` is not given.
+    """
+    env = os.environ if env is None else env
+    parsed = resolve_url(url, env=env, password=password)
+    if parsed.tls and "ssl_ca_certs" not in options and env.get("SHARDCACHE_TLS_CA"):
+        options["ssl_ca_certs"] = env["SHARDCACHE_TLS_CA"]
+    try:
+        connect_options = ConnectOptions(**options)
+    except TypeError as exc:
+        raise ConfigError(f"unknown connection option: {exc}") from None
+    return ShardCache(
+        parsed,
+        options=connect_options,
+        prefix=prefix,
+        retry=retry or RetryPolicy(),
+        chunk_size=chunk_size,
+        read_concurrency=read_concurrency,
+        shard_ttl=shard_ttl,
+    )
+
+
+class ShardCache:
+    """Shards, manifests, locks and leases of datasets in one Redis (Cluster).
+
+    Build it with :func:`connect`. It is thread-safe, survives ``fork`` and pickles
+    (to DataLoader workers) by reconnecting on the other side.
+    """
+
+    def __init__(
+        self,
+        url: CacheURL,
+        *,
+        options: ConnectOptions | None = None,
+        prefix: str = "sc:",
+        retry: RetryPolicy | None = None,
+        chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+        read_concurrency: int = 4,
+        shard_ttl: float | None = None,
+    ) -> None:
+        self.url = url
+        self.options = options or ConnectOptions()
+        self.keys = KeySpace(prefix)
+        self.retry = retry or RetryPolicy()
+        self.chunk_size = parse_size(chunk_size, name="chunk_size")
+        if not isinstance(read_concurrency, int) or read_concurrency < 1:
+            raise ConfigError(f"read_concurrency={read_concurrency!r} must be an integer >= 1")
+        self.read_concurrency = read_concurrency
+        if shard_ttl is not None and shard_ttl <= 0:
+            raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive number of seconds or None")
+        self.shard_ttl = shard_ttl
+        self.stats = CacheStats()
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._client: Client | None = None
+        self._is_cluster = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._ensure()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"ShardCache({self.url.redacted()!r}, prefix={self.keys.prefix!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sockets do not cross processes: rebuild from the same settings on the other side.
+        return (
+            _rebuild,
+            (self.url, self.options, self.keys.prefix, self.retry, self.chunk_size,
+             self.read_concurrency, self.shard_ttl),
+        )
+
+    def _ensure(self) -> Client:
+        pid = os.getpid()
+        if self._pid != pid or self._client is None:
+            with self._lock:
+                if self._pid != pid or self._client is None:
+                    # After fork the parent's sockets and threads are not ours: start afresh.
+                    self._client, self._is_cluster = open_client(self.url, self.options, self.retry)
+                    self._pool = None
+                    self._pid = pid
+        assert self._client is not None
+        return self._client
+
+    @property
+    def client(self) -> Client:
+        """The underlying redis-py client (``RedisCluster`` or ``Redis``)."""
+        return self._ensure()
+
+    @property
+    def is_cluster(self) -> bool:
+        self._ensure()
+        return self._is_cluster
+
+    def _refresh(self, _exc: BaseException) -> None:
+        client = self._ensure()
+        if self._is_cluster:
+            client.nodes_manager.initialize()  # type: ignore[union-attr]
+
+    def _node_of(self, key: str | None) -> str | None:
+        if key is None or not self._is_cluster:
+            return self.url.redacted()
+        try:
+            node = self._client.get_node_from_key(key)  # type: ignore[union-attr]
+            return f"{node.host}:{node.port}"
+        except Exception:  # the topology may be in flux; the message still helps without it
+            return None
+
+    def _on_wait(self, seconds: float) -> None:
+        self.stats.add(retries=1, wait_seconds=seconds)
+
+    def call(self, method: str, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
+        """Run one redis-py client method with retry-until-deadline."""
+        client = self._ensure()
+        fn = getattr(client, method.lower())
+        first_key = key if key is not None else (args[0] if args and isinstance(args[0], str) else None)
+        if method.upper() == "EVAL" and len(args) > 2:
+            first_key = args[2]
+        try:
+            return self.retry.call(
+                lambda: fn(*args, **kwargs),
+                what=f"{method.upper()} {first_key or ''}".strip(),
+                node=lambda: self._node_of(first_key),
+                on_retry=self._refresh,
+                on_wait=self._on_wait,
+            )
+        except rex.OutOfMemoryError:
+            raise self._capacity_error(None) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            if self._client is not None and self._pid == os.getpid():
+                try:
+                    self._client.close()
+                except Exception:
+                    pass
+            self._client = None
+
+    def __enter__(self) -> ShardCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> bool:
+        return bool(self.call("PING"))
+
+    # -- datasets and manifests --------------------------------------------------------
+
+    def datasets(self) -> list[str]:
+        """Names of every dataset with at least one version."""
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in self.call("SMEMBERS", self.keys.datasets()))
+
+    def versions(self, name: str) -> list[str]:
+        """Version ids of ``name``, oldest first."""
+        raw = self.call("ZRANGE", self.keys.versions(name), 0, -1)
+        return [v.decode() if isinstance(v, bytes) else v for v in raw]
+
+    def latest_version(self, name: str) -> str | None:
+        raw = self.call("GET", self.keys.latest(name))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def manifest(self, name: str, version: str | None = None) -> Manifest:
+        """The manifest of ``version`` (default: the newest, loading or complete).
+
+        A loading manifest comes with the shards written so far marked cached.
+        """
+        validate_dataset_name(name)
+        if version is None:
+            version = self.latest_version(name)
+            if version is None:
+                raise DatasetNotFound(
+                    f"dataset {name!r} is not in the cache {self.url.redacted()}; prefetch it first "
+                    "(`shardcache prefetch SOURCE --dataset NAME`) or check `shardcache ls`",
+                    dataset=name,
+                )
+        validate_version(version)
+        raw = self.call("GET", self.keys.manifest(name, version))
+        if raw is None:
+            raise DatasetNotFound(
+                f"version {version!r} of dataset {name!r} is not in the cache (removed, or its manifest was "
+                "evicted); see `shardcache info` for versions, or prefetch it again",
+                dataset=name,
+                version=version,
+            )
+        manifest = Manifest.from_json(raw, expected_name=name, expected_version=version)
+        for shard in manifest.shards:
+            if shard.key != self.keys.shard(name, version, shard.index):
+                raise ManifestCorrupted(
+                    f"the manifest of {name!r} points shard {shard.index} at a foreign key; remove it with "
+                    f"`shardcache rm {name} --version {version}` and prefetch again",
+                    dataset=name,
+                    version=version,
+                    shard=shard.index,
+                )
+        if manifest.state == "loading":
+            manifest = self._merge_done(manifest)
+        return manifest
+
+    def _merge_done(self, manifest: Manifest) -> Manifest:
+        records = self.call("HGETALL", self.keys.done(manifest.name, manifest.version))
+        shards = list(manifest.shards)
+        for field, raw in records.items():
+            text = field.decode() if isinstance(field, bytes) else field
+            if not text.isdigit() or int(text) >= len(shards):
+                continue
+            doc = json.loads(raw)
+            if "checksum" in doc:
+                shards[int(text)] = apply_shard_record(shards[int(text)], raw)
+        return manifest.replace(shards=tuple(shards))
+
+    def shard_info(self, manifest: Manifest, index: int) -> ShardInfo:
+        """The current record of one shard (a loading version may have written it since)."""
+        shard = manifest.shards[index]
+        if shard.cached or manifest.state == "complete":
+            return shard
+        raw = self.call("HGET", self.keys.done(manifest.name, manifest.version), str(index))
+        if raw is None:
+            return shard
+        doc = json.loads(raw)
+        return apply_shard_record(shard, raw) if "checksum" in doc else shard
+
+    # -- writing -------------------------------------------------------------------
+
+    def lock(self, name: str, *, wait: float = 0.0, ttl: float = 30.0) -> DatasetLock:
+        """Take the writer lock of ``name`` (raises DatasetLocked after ``wait`` s)."""
+        lock = DatasetLock(call=self.call, key=self.keys.lock(name), dataset=name, ttl=ttl)
+        lock.acquire(wait=wait)
+        return lock
+
+    def begin(self, manifest: Manifest) -> Manifest:
+        """Write ``manifest`` as ``loading`` unless that version exists; return the stored one.
+
+        Registers the version and points ``latest`` at it, so loaders started now
+        find it and read through what is not cached yet.
+        """
+        name, version = manifest.name, manifest.version
+        keys = self.keys
+        existing = self.call(
+            "EVAL", _BEGIN, 3, keys.manifest(name, version), keys.versions(name), keys.latest(name),
+            manifest.replace(state="loading").to_json(), version, repr(manifest.created_at),
+        )
+        self.call("SADD", keys.datasets(), name)
+        if existing is None:
+            return manifest.replace(state="loading")
+        return self.manifest(name, version)
+
+    def put_shard(self, manifest: Manifest, index: int, payload: pa.Buffer | bytes) -> ShardInfo:
+        """Write shard ``index`` and record it; writing the same shard twice is harmless."""
+        shard = manifest.shards[index]
+        nbytes = len(memoryview(payload))
+        digest = checksum(payload)
+        chunks = list(split_chunks(payload, chunk_size=self.chunk_size))
+        done_key = self.keys.done(manifest.name, manifest.version)
+        # An intent record first, so that `rm` finds every chunk even if we die midway.
+        if len(chunks) > 1:
+            self.call("HSET", done_key, str(index), json.dumps({"pending": len(chunks)}))
+        px = int(self.shard_ttl * 1000) if self.shard_ttl else None
+        try:
+            for c, chunk in enumerate(chunks):
+                self.call("SET", self.keys.chunk(shard.key, c), chunk, px=px)
+        except CapacityExceeded as exc:
+            raise self._capacity_error(nbytes, dataset=manifest.name) from exc
+        written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
+        if manifest.state == "loading":
+            self.call("HSET", done_key, str(index), shard_record(written))
+        self.stats.add(bytes_written=nbytes, shards_written=1)
+        return written
+
+    def commit(self, manifest: Manifest, *, lock: DatasetLock | None = None) -> Manifest:
+        """Store ``manifest`` as ``complete``: readers see it only after every shard is written."""
+        if lock is not None:
+            lock.check()
+        final = manifest.replace(state="complete")
+        keys = self.keys
+        try:
+            self.call(
+                "EVAL", _COMMIT, 3, keys.manifest(final.name, final.version), keys.done(final.name, final.version),
+                keys.lock(final.name), final.to_json(), lock.token if lock else "",
+            )
+        except rex.ResponseError as exc:
+            if "SHARDCACHE_LOCK_LOST" in str(exc):
+                raise DatasetLocked(
+                    f"the writer lock of {final.name!r} was taken by another writer before commit; run again",
+                    dataset=final.name,
+                ) from None
+            if "SHARDCACHE_NO_MANIFEST" in str(exc):
+                raise DatasetNotFound(
+                    f"version {final.version} of {final.name!r} was removed while being written; run again",
+                    dataset=final.name,
+                    version=final.version,
+                ) from None
+            raise
+        return final
+
+    def missing_shards(self, manifest: Manifest) -> list[int]:
+        """Indices of shards marked cached whose keys are gone (evicted or lost)."""
+        client = self._ensure()
+        cached = [s for s in manifest.shards if s.cached]
+        if not cached:
+            return []
+
+        def run() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for s in cached:
+                for c in range(s.chunks):
+                    pipe.exists(self.keys.chunk(s.key, c))
+            return pipe.execute()
+
+        flags = iter(self.retry.call(run, what="EXISTS shards", on_retry=self._refresh, on_wait=self._on_wait))
+        missing = []
+        for s in cached:
+            present = [bool(next(flags)) for _ in range(s.chunks)]  # consume every flag of this shard
+            if not all(present):
+                missing.append(s.index)
+        return missing
+
+    # -- reading -------------------------------------------------------------------
+
+    def get_payload(self, manifest: Manifest, index: int) -> pa.Buffer:
+        """The verified payload of one shard; raises ShardMissing or ShardCorrupted."""
+        shard = self.shard_info(manifest, index)
+        name, version = manifest.name, manifest.version
+        if not shard.cached:
+            self.stats.add(misses=1)
+            raise ShardMissing(
+                f"shard {index} of {name!r} version {version} was not cached (partial or unfinished prefetch)",
+                dataset=name, version=version, shard=index,
+            )
+        parts = [self.call("GET", self.keys.chunk(shard.key, c)) for c in range(shard.chunks)]
+        if any(p is None for p in parts):
+            self.stats.add(misses=1)
+            raise ShardMissing(
+                f"shard {index} of {name!r} version {version} is gone from Redis (evicted or lost with a node); "
+                "it is read through from the source, or re-run the prefetch",
+                dataset=name, version=version, shard=index,
+            )
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(payload) != shard.nbytes or checksum(payload) != shard.checksum:
+            self.stats.add(corrupted=1)
+            raise ShardCorrupted(
+                f"shard {index} of {name!r} version {version} failed its xxh3-64 checksum "
+                f"({len(payload)} bytes, expected {shard.nbytes}); it is read through from the source",
+                dataset=name, version=version, shard=index,
+            )
+        self.stats.add(hits=1, bytes_read=len(payload))
+        return pa.py_buffer(payload)
+
+    def get_table(self, manifest: Manifest, index: int) -> pa.Table:
+        """One shard decoded to an Arrow table, validated against the manifest."""
+        buf = self.get_payload(manifest, index)
+        try:
+            return decode_payload(
+                buf, schema=manifest.schema, dataset=manifest.name, version=manifest.version,
+                shard=index, max_rows=manifest.shards[index].rows,
+            )
+        except ShardCorrupted:
+            self.stats.add(corrupted=1)
+            raise
+
+    def _executor(self) -> ThreadPoolExecutor:
+        self._ensure()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.read_concurrency, thread_name_prefix="shardcache-read"
+                )
+            return self._pool
+
+    @overload
+    def get_shards(
+        self, manifest: Manifest, indices: Iterable[int], *, errors: Literal["raise"] = ...,
+        concurrency: int | None = ...,
+    ) -> Iterator[tuple[int, pa.Buffer]]: ...
+    @overload
+    def get_shards(
+        self, manifest: Manifest, indices: Iterable[int], *, errors: Literal["return"],
+        concurrency: int | None = ...,
+    ) -> Iterator[tuple[int, pa.Buffer | ShardCacheError]]: ...
+
+    def get_shards(
+        self,
+        manifest: Manifest,
+        indices: Iterable[int],
+        *,
+        errors: Literal["raise", "return"] = "raise",
+        concurrency: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Fetch many shards concurrently; yield ``(index, payload)`` in request order.
+
+        At most ``concurrency`` (default ``read_concurrency``) GETs are in flight.
+        With ``errors="return"``, a missing, corrupt or unreachable shard is yielded
+        as its exception instead of raised, so a caller can read it through.
+        """
+        if errors not in ("raise", "return"):
+            raise ConfigError(f"errors={errors!r} must be 'raise' or 'return'")
+        width = concurrency or self.read_concurrency
+        pool = self._executor()
+        pending: deque[tuple[int, Future[pa.Buffer]]] = deque()
+        todo = iter(indices)
+        try:
+            for index in todo:
+                pending.append((index, pool.submit(self.get_payload, manifest, index)))
+                if len(pending) >= width:
+                    yield self._result(*pending.popleft(), errors=errors)
+            while pending:
+                yield self._result(*pending.popleft(), errors=errors)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+    @staticmethod
+    def _result(index: int, fut: Future[pa.Buffer], *, errors: str) -> tuple[int, Any]:
+        try:
+            return index, fut.result()
+        except (ShardMissing, ShardCorrupted, CacheUnavailable) as exc:
+            if errors == "raise":
+                raise
+            return index, exc
+
+    # -- leases and removal -----------------------------------------------------------
+
+    def lease(self, name: str, version: str = "*", *, ttl: float = 60.0) -> Lease:
+        """Hold a renewed lease on ``version`` (``*``: every version) until released."""
+        validate_dataset_name(name)
+        return Lease(call=self.call, key=self.keys.leases(name), dataset=name, version=version, ttl=ttl).acquire()
+
+    def leases(self, name: str) -> list[str]:
+        """Live lease members (``VERSION|HOLDER``) of ``name``."""
+        key = self.keys.leases(name)
+        now_ms = self._server_ms()
+        raw = self.call("ZRANGEBYSCORE", key, now_ms, "+inf")
+        return [m.decode() if isinstance(m, bytes) else m for m in raw]
+
+    def _server_ms(self) -> int:
+        seconds, micros = self.call("TIME", key=self.keys.datasets())
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def delete(
+        self, name: str, version: str | None = None, *, all_old: bool = False, force: bool = False
+    ) -> list[str]:
+        """Remove ``version`` (default: every version) of ``name``; return the versions removed.
+
+        ``all_old`` removes every version but the newest. A version with a live lease
+        raises DatasetInUse unless ``force``.
+        """
+        versions = self.versions(name)
+        if version is not None:
+            validate_version(version)
+            if version not in versions and self.call("GET", self.keys.manifest(name, version)) is None:
+                raise DatasetNotFound(
+                    f"dataset {name!r} has no version {version!r}; versions: {', '.join(versions) or 'none'}",
+                    dataset=name, version=version,
+                )
+            targets = [version]
+        elif all_old:
+            latest = self.latest_version(name)
+            targets = [v for v in versions if v != latest]
+        else:
+            targets = versions
+            if not targets and name not in self.datasets():
+                raise DatasetNotFound(f"dataset {name!r} is not in the cache; see `shardcache ls`", dataset=name)
+        if not targets:
+            return []
+        keys = [self.keys.leases(name), self.keys.versions(name), self.keys.latest(name)]
+        for v in targets:
+            keys += [self.keys.manifest(name, v), self.keys.done(name, v)]
+        reply = self.call("EVAL", _DELETE, len(keys), *keys, "1" if force else "0", *targets)
+        if int(reply[0]) == 0:
+            holders = [m.decode() if isinstance(m, bytes) else m for m in reply[1]]
+            raise DatasetInUse(
+                f"dataset {name!r} is in use by {len(holders)} reader(s) ({', '.join(holders[:3])}); "
+                "wait for the jobs to finish or their leases to expire, or pass force",
+                dataset=name, leases=holders,
+            )
+        outs = reply[1]
+        for i, v in enumerate(targets):
+            self._delete_shard_keys(name, v, outs[2 * i], outs[2 * i + 1])
+        if int(reply[2]) == 0:
+            self.call("SREM", self.keys.datasets(), name)
+        return targets
+
+    def _delete_shard_keys(self, name: str, version: str, manifest_raw: bytes, pending_raw: bytes) -> None:
+        keys: set[str] = set()
+        if manifest_raw:
+            try:
+                doc = json.loads(manifest_raw)
+                for i, s in enumerate(doc.get("shards", [])):
+                    base = self.keys.shard(name, version, i)
+                    count = max(int(s.get("chunks", 0) or 0), 1)
+                    keys.update(self.keys.chunk(base, c) for c in range(count))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("manifest of %r %s was malformed; its shards are left to eviction", name, version)
+        try:
+            pending = json.loads(pending_raw) if pending_raw else []
+        except ValueError:
+            pending = []
+        # HGETALL through cjson is a flat [field, value, ...] list; an empty one encodes as {}.
+        pending = pending if isinstance(pending, list) else []
+        for field, value in zip(pending[::2], pending[1::2], strict=False):
+            try:
+                count = max(int(json.loads(value).get("chunks") or json.loads(value).get("pending") or 1), 1)
+                base = self.keys.shard(name, version, int(field))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            keys.update(self.keys.chunk(base, c) for c in range(count))
+        client = self._ensure()
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), 500):
+            batch = ordered[start : start + 500]
+
+            def run(batch: Sequence[str] = batch) -> None:
+                pipe = client.pipeline(transaction=False)
+                for k in batch:
+                    pipe.delete(k)
+                pipe.execute()
+
+            self.retry.call(run, what=f"deleting shards of {name!r}", on_retry=self._refresh, on_wait=self._on_wait)
+
+    # -- capacity ------------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        """Used and max memory of every primary, and the eviction policy."""
+        client = self._ensure()
+
+        def run() -> Any:
+            if self._is_cluster:
+                return client.info("memory", target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
+            return {self.url.redacted(): client.info("memory")}
+
+        raw = self.retry.call(run, what="INFO memory", on_retry=self._refresh, on_wait=self._on_wait)
+        nodes = []
+        for node, info in sorted(raw.items()):
+            nodes.append(
+                NodeMemory(
+                    node=str(node),
+                    used=int(info.get("used_memory", 0)),
+                    maxmemory=int(info.get("maxmemory", 0)),
+                    policy=str(info.get("maxmemory_policy", "unknown")),
+                    system=int(info.get("total_system_memory", 0)),
+                )
+            )
+        return Capacity(nodes=tuple(nodes))
+
+    def _capacity_error(self, needed: int | None, *, dataset: str | None = None) -> CapacityExceeded:
+        try:
+            cap = self.capacity()
+            free, total = cap.free, cap.maxmemory
+        except ShardCacheError:
+            free, total = None, 0
+        what = f" while writing {dataset!r}" if dataset else ""
+        return CapacityExceeded(
+            f"Redis is out of memory{what} (OOM command not allowed under maxmemory"
+            f"{' ' + format_bytes(total) if total else ''}; {format_bytes(free or 0)} free); "
+            "free space with `shardcache rm`, raise maxmemory, or use --allow-partial, then run again: "
+            "the prefetch resumes where it stopped",
+            needed=needed, available=free,
+        )
+
+
+def _rebuild(
+    url: CacheURL, options: ConnectOptions, prefix: str, retry: RetryPolicy, chunk_size: int,
+    read_concurrency: int, shard_ttl: float | None,
+) -> ShardCache:
+    return ShardCache(
+        url, options=options, prefix=prefix, retry=retry, chunk_size=chunk_size,
+        read_concurrency=read_concurrency, shard_ttl=shard_ttl,
+    )
+

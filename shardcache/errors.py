@@ -1,0 +1,164 @@
+"""The one exception tree of shardcache.
+
+Every error raised on purpose by shardcache derives from :class:`ShardCacheError`,
+carries the objects it concerns as attributes, and says in its message what to
+do next. Passwords never appear in a message::
+
+    ShardCacheError
+    ├── ConfigError (also ValueError)       bad argument, URL, size or state dict
+    ├── CacheUnavailable (also ConnectionError)
+    │   └── AccessDenied                     wrong password, or an ACL rule missing
+    ├── DatasetNotFound (also KeyError)      no such dataset or version
+    ├── ShardMissing                         a shard is not in the cache
+    ├── ShardCorrupted                       checksum or decoding failed
+    │   └── ManifestCorrupted                a manifest failed validation
+    ├── CapacityExceeded                     the data does not fit in Redis
+    ├── DatasetLocked                        another writer holds the dataset
+    ├── DatasetInUse                         a live lease protects the dataset
+    ├── SourceError                          the source data cannot be read
+    └── KubernetesError                      discovery through the Kubernetes API failed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "CacheUnavailable",
+    "CapacityExceeded",
+    "ConfigError",
+    "DatasetInUse",
+    "DatasetLocked",
+    "DatasetNotFound",
+    "KubernetesError",
+    "ManifestCorrupted",
+    "ShardCacheError",
+    "ShardCorrupted",
+    "ShardMissing",
+    "SourceError",
+]
+
+
+class ShardCacheError(Exception):
+    """Root of every error that shardcache raises on purpose."""
+
+
+class ConfigError(ShardCacheError, ValueError):
+    """An argument, URL, size, environment variable or state dict is invalid."""
+
+
+class CacheUnavailable(ShardCacheError, ConnectionError):
+    """Redis could not be reached before the retry deadline.
+
+    Attributes:
+        node: ``host:port`` of the node last tried, or the redacted URL.
+        waited: seconds spent retrying before giving up.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.node = node
+        self.waited = waited
+
+
+class AccessDenied(CacheUnavailable):
+    """Redis refused the credentials, or an ACL rule forbids a command or key."""
+
+
+class DatasetNotFound(ShardCacheError, KeyError):
+    """The dataset, or the requested version of it, is not in the cache."""
+
+    def __init__(self, message: str, *, dataset: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.version = version
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class ShardMissing(ShardCacheError):
+    """A shard is not in the cache (evicted, lost with a node, or never loaded)."""
+
+    def __init__(self, message: str, *, dataset: str, version: str, shard: int) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.version = version
+        self.shard = shard
+
+
+class ShardCorrupted(ShardCacheError):
+    """Bytes read from Redis failed their checksum or could not be decoded."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dataset: str | None = None,
+        version: str | None = None,
+        shard: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.version = version
+        self.shard = shard
+
+
+class ManifestCorrupted(ShardCorrupted):
+    """A manifest read from Redis is not valid JSON of the expected shape."""
+
+
+class CapacityExceeded(ShardCacheError):
+    """The data needs more memory than the cache has free.
+
+    Attributes:
+        needed: bytes the operation needs.
+        available: bytes free across the cluster (``None`` when unknown).
+    """
+
+    def __init__(self, message: str, *, needed: int | None = None, available: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+class DatasetLocked(ShardCacheError):
+    """Another writer holds the dataset's lock."""
+
+    def __init__(self, message: str, *, dataset: str) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+
+
+class DatasetInUse(ShardCacheError):
+    """A live lease protects the dataset from removal."""
+
+    def __init__(self, message: str, *, dataset: str, leases: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.leases = leases or []
+
+
+class SourceError(ShardCacheError):
+    """The source data is missing, empty, unreadable or inconsistent.
+
+    Attributes:
+        uri: the file or location at fault.
+    """
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class KubernetesError(ShardCacheError):
+    """The Kubernetes API refused or lacks an object shardcache needs.
+
+    Attributes:
+        kind: the object's kind, e.g. ``Service``.
+        name: ``namespace/name`` of the object.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None, name: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
