@@ -16,6 +16,7 @@ do next. Passwords never appear in a message::
     ├── DatasetLocked                        another writer holds the dataset
     ├── DatasetInUse                         a live lease protects the dataset
     ├── SourceError                          the source data cannot be read
+    ├── PrefetchFailed                       some shards failed; carries the report
     └── KubernetesError                      discovery through the Kubernetes API failed
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "DatasetNotFound",
     "KubernetesError",
     "ManifestCorrupted",
+    "PrefetchFailed",
     "ShardCacheError",
     "ShardCorrupted",
     "ShardMissing",
@@ -113,12 +115,16 @@ class CapacityExceeded(ShardCacheError):
     Attributes:
         needed: bytes the operation needs.
         available: bytes free across the cluster (``None`` when unknown).
+        node: ``host:port`` of the node that answered ``OOM``, when one did.
     """
 
-    def __init__(self, message: str, *, needed: int | None = None, available: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, needed: int | None = None, available: int | None = None, node: str | None = None
+    ) -> None:
         super().__init__(message)
         self.needed = needed
         self.available = available
+        self.node = node
 
 
 class DatasetLocked(ShardCacheError):
@@ -148,6 +154,19 @@ class SourceError(ShardCacheError):
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
+
+
+class PrefetchFailed(ShardCacheError):
+    """Some shards could not be loaded; the version was left ``loading`` (resumable).
+
+    Attributes:
+        report: the :class:`~shardcache.prefetcher.PrefetchReport`, with each failed
+            shard's source file and reason.
+    """
+
+    def __init__(self, message: str, *, report: object) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class KubernetesError(ShardCacheError):

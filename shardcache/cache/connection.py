@@ -67,29 +67,29 @@ def _kwargs(url: CacheURL, options: ConnectOptions) -> dict[str, Any]:
 
 
 def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
-    """Find a live seed and whether it runs in cluster mode."""
+    """Find a live seed and whether it runs in cluster mode.
+
+    Asks ``CLUSTER SLOTS``, which the cluster client needs anyway, so an ACL user needs
+    no ``INFO`` just to connect; a standalone server answers that cluster support is disabled.
+    """
     last: Exception | None = None
     for host, port in url.seeds:
-        probe = redis.Redis(host=host, port=port, db=url.db, **_kwargs(url, options))
+        probe = redis.Redis(host=host, port=port, **_kwargs(url, options))  # db 0: clusters refuse SELECT
         try:
-            info = probe.info("cluster")
-            return host, port, bool(int(info.get("cluster_enabled", 0)))
-        except (rex.AuthenticationError, rex.NoPermissionError):
+            probe.execute_command("CLUSTER", "SLOTS")
+            return host, port, True
+        except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError):
             raise
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             last = exc
-        except rex.ResponseError:
-            # INFO may be denied by an ACL: fall back to asking for the cluster topology.
-            try:
-                probe.execute_command("CLUSTER", "MYID")
-                return host, port, True
-            except rex.ResponseError as exc:
-                if "cluster support disabled" in str(exc).lower():
-                    return host, port, False
-                raise
+        except rex.ResponseError as exc:
+            if "cluster support disabled" in str(exc).lower() or "unknown command" in str(exc).lower():
+                return host, port, False
+            raise
         finally:
             probe.close()
-    assert last is not None
+    if last is None:
+        raise ConfigError("the cache URL names no seed node")
     raise last
 
 

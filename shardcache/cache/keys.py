@@ -51,7 +51,8 @@ class KeySpace:
 
     @staticmethod
     def encode(name: str) -> str:
-        return quote(validate_dataset_name(name), safe="")
+        """``name`` percent-encoded down to ``[A-Za-z0-9._-]`` (``quote`` keeps ``~``; we do not)."""
+        return quote(validate_dataset_name(name), safe="").replace("~", "%7E")
 
     def _meta(self, name: str) -> str:
         return f"{self.prefix}{{d={self.encode(name)}}}"

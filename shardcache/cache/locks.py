@@ -20,9 +20,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DatasetLocked
+from ..errors import ConfigError, DatasetLocked
+from .keys import validate_version
 
-__all__ = ["DatasetLock", "Lease"]
+__all__ = ["DatasetLock", "Lease", "delete_if_held", "live_leases"]
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Leases: score = expiry in server milliseconds, so clients' clocks do not matter.
+# Leases: score = expiry in server milliseconds, so clients' clocks do not matter. The key
+# itself expires a while after its longest-lived member, never before it: a short lease must
+# not cut a long one short.
 _LEASE_PUT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 60000)
 return 1
+"""
+# Live lease members, judged by the clock of the node that holds them.
+_LEASES_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 
 Call = Callable[..., Any]
@@ -55,29 +66,50 @@ def _holder() -> str:
 
 
 class _Renewer:
-    """A named daemon thread that calls ``renew`` every ``interval`` until stopped."""
+    """A named daemon thread that calls ``renew`` every ``interval`` until stopped.
 
-    def __init__(self, *, name: str, interval: float, renew: Callable[[], bool]) -> None:
+    ``renew`` returning False means the claim is gone for good. An exception (Redis
+    unreachable past the retry deadline) is logged and retried at the next interval;
+    the claim counts as lost once ``ttl`` seconds pass without a successful renewal,
+    since Redis has expired it by then.
+    """
+
+    def __init__(self, *, name: str, interval: float, ttl: float, renew: Callable[[], bool]) -> None:
         self._stop = threading.Event()
         self._renew = renew
         self._interval = interval
+        self._ttl = ttl
+        self._last_ok = time.monotonic()
         self.failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def lost(self) -> bool:
+        return self.failed or time.monotonic() - self._last_ok > self._ttl
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if not self._renew():
-                    self.failed = True
-                    return
-            except Exception as exc:  # a renewal that fails must not kill the owner; it is reported
-                log.warning("renewal failed: %s", exc)
+                ok = self._renew()
+            except Exception as exc:  # a renewal that fails must not kill the owner; `lost` reports it
+                log.warning("%s: renewal failed (%s: %s)", self._thread.name, type(exc).__name__, exc)
+                continue
+            if not ok:
+                self.failed = True
+                return
+            self._last_ok = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+
+
+def _ttl_ms(ttl: object) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl >= 0.1:
+        raise ConfigError(f"ttl={ttl!r} must be a number of seconds >= 0.1")
+    return int(ttl * 1000)
 
 
 class DatasetLock:
@@ -91,19 +123,26 @@ class DatasetLock:
         self._call = call
         self.key = key
         self.dataset = dataset
-        self.ttl_ms = max(int(ttl * 1000), 1000)
+        self.ttl_ms = _ttl_ms(ttl)
         self.token = _holder()
         self._renewer: _Renewer | None = None
 
     def acquire(self, *, wait: float = 0.0, poll: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> None:
         """Take the lock, waiting up to ``wait`` seconds; raises DatasetLocked."""
+        if self._renewer is not None:
+            return
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise ConfigError(f"wait={wait!r} must be a number of seconds >= 0")
         deadline = time.monotonic() + wait
         while True:
             if self._call("SET", self.key, self.token, nx=True, px=self.ttl_ms):
                 break
+            holder = self._call("GET", self.key)
+            holder_text = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
+            if holder_text == self.token:
+                # Our SET went through but its reply was lost, and the retry found our own token.
+                break
             if time.monotonic() >= deadline:
-                holder = self._call("GET", self.key)
-                holder_text = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
                 raise DatasetLocked(
                     f"dataset {self.dataset!r} is being written by {holder_text or 'another prefetcher'}; "
                     "wait for it to finish (or pass wait=/--wait), then run again",
@@ -111,7 +150,10 @@ class DatasetLock:
                 )
             sleep(poll)
         self._renewer = _Renewer(
-            name=f"shardcache-lock-{self.dataset}", interval=self.ttl_ms / 3000, renew=self._renew_once
+            name=f"shardcache-lock-{self.dataset}",
+            interval=self.ttl_ms / 3000,
+            ttl=self.ttl_ms / 1000,
+            renew=self._renew_once,
         )
 
     def _renew_once(self) -> bool:
@@ -121,8 +163,14 @@ class DatasetLock:
         return ok
 
     @property
+    def held(self) -> bool:
+        """Taken and not lost."""
+        return self._renewer is not None and not self._renewer.lost
+
+    @property
     def lost(self) -> bool:
-        return self._renewer is not None and self._renewer.failed
+        """Taken once, but expired or taken by another writer since (or not renewed for a whole TTL)."""
+        return self._renewer is not None and self._renewer.lost
 
     def check(self) -> None:
         """Raise DatasetLocked if the lock was lost (expired and taken by another writer)."""
@@ -134,18 +182,30 @@ class DatasetLock:
             )
 
     def release(self) -> None:
+        """Stop renewing and delete the lock if it is still ours."""
         if self._renewer is not None:
             self._renewer.stop()
             self._renewer = None
-            self._call("EVAL", _RELEASE, 1, self.key, self.token)
+            delete_if_held(self._call, self.key, self.token)
 
     def __enter__(self) -> DatasetLock:
         if self._renewer is None:
             self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        _release_quietly(self.release, failing=exc_type is not None, what=f"lock of {self.dataset!r}")
+
+
+def _release_quietly(release: Callable[[], None], *, failing: bool, what: str) -> None:
+    """Release; while another exception propagates, a failed release is logged rather than raised
+    over it (the TTL frees the claim anyway)."""
+    try:
+        release()
+    except Exception as exc:
+        if not failing:
+            raise
+        log.warning("could not release the %s (%s); it expires by itself", what, type(exc).__name__)
 
 
 class Lease:
@@ -156,24 +216,36 @@ class Lease:
     """
 
     def __init__(self, *, call: Call, key: str, dataset: str, version: str, ttl: float = 60.0) -> None:
+        if version != "*":
+            validate_version(version)
         self._call = call
         self.key = key
         self.dataset = dataset
         self.version = version
-        self.ttl_ms = max(int(ttl * 1000), 1000)
+        self.ttl_ms = _ttl_ms(ttl)
         self.member = f"{version}|{_holder()}"
         self._renewer: _Renewer | None = None
 
     def acquire(self) -> Lease:
+        if self._renewer is not None:
+            return self
         self._put()
         self._renewer = _Renewer(
-            name=f"shardcache-lease-{self.dataset}", interval=self.ttl_ms / 3000, renew=self._put
+            name=f"shardcache-lease-{self.dataset}",
+            interval=self.ttl_ms / 3000,
+            ttl=self.ttl_ms / 1000,
+            renew=self._put,
         )
         return self
 
     def _put(self) -> bool:
         self._call("EVAL", _LEASE_PUT, 1, self.key, self.member, self.ttl_ms)
         return True
+
+    @property
+    def lost(self) -> bool:
+        """Not renewed for a whole TTL: ``rm`` may have removed the version since."""
+        return self._renewer is not None and self._renewer.lost
 
     def release(self) -> None:
         if self._renewer is not None:
@@ -186,5 +258,16 @@ class Lease:
             self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        _release_quietly(self.release, failing=exc_type is not None, what=f"lease on {self.dataset!r}")
+
+
+def delete_if_held(call: Call, key: str, token: str) -> bool:
+    """Delete the lock at ``key`` if it still holds ``token`` (compare-and-delete); whether it did."""
+    return bool(call("EVAL", _RELEASE, 1, key, token))
+
+
+def live_leases(call: Call, key: str) -> list[str]:
+    """Members (``VERSION|HOLDER``) of the leases at ``key`` that have not expired."""
+    raw = call("EVAL", _LEASES_LIVE, 1, key)
+    return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in raw]

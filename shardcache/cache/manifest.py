@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from ..errors import ManifestCorrupted
+from .keys import validate_dataset_name, validate_version
 
 __all__ = ["Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "State"]
 
@@ -34,6 +35,9 @@ _COMPRESSIONS = (None, "lz4", "zstd")
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_SCHEMA_BYTES = 16 * 1024 * 1024
 MAX_SEGMENTS_PER_SHARD = 100_000
+# 4096 chunks of the default 8 MiB is a 32 GiB shard: far past any sane shard size, yet it
+# caps the keys that one planted record can make a reader or `rm` walk through.
+MAX_CHUNKS_PER_SHARD = 4096
 
 
 @dataclass(frozen=True)
@@ -155,17 +159,23 @@ class Manifest:
     ) -> Manifest:
         """Parse and validate; raises ManifestCorrupted naming the first bad field."""
         where = f"manifest of {expected_name!r}" if expected_name else "manifest"
+        if not isinstance(data, (bytes, bytearray, str)):
+            raise ManifestCorrupted(f"{where} is a {type(data).__name__}, not JSON text", dataset=expected_name)
         if len(data) > MAX_MANIFEST_BYTES:
-            raise ManifestCorrupted(f"{where} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+            raise ManifestCorrupted(
+                f"{where} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit", dataset=expected_name
+            )
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestCorrupted(f"{where} is not valid JSON ({exc}); re-run the prefetch") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: planted deeply nested arrays
+            raise ManifestCorrupted(
+                f"{where} is not valid JSON ({str(exc)[:200]}); re-run the prefetch", dataset=expected_name
+            ) from None
         try:
             manifest = _manifest_from_dict(doc)
-        except (KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+        except (KeyError, TypeError, ValueError, OSError, pa.ArrowException) as exc:
             raise ManifestCorrupted(
-                f"{where} is malformed: {exc}; remove it with `shardcache rm` and re-run the prefetch",
+                f"{where} is malformed: {str(exc)[:300]}; remove it with `shardcache rm` and re-run the prefetch",
                 dataset=expected_name,
             ) from None
         if expected_name is not None and manifest.name != expected_name:
@@ -212,15 +222,42 @@ def shard_record(s: ShardInfo) -> bytes:
 
 
 def apply_shard_record(s: ShardInfo, raw: bytes | str) -> ShardInfo:
+    """``s`` updated from its ``done`` record; an intent record (``{"pending": n}``, written
+    before the chunks) leaves it as is. A malformed record raises ManifestCorrupted."""
     try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise TypeError("the record is not an object")
+        if "checksum" not in doc:
+            _chunk_count(doc.get("pending"), nbytes=None)
+            return s
+        nbytes = _int(doc["nbytes"], "nbytes")
         return s.written(
-            nbytes=_int(doc["nbytes"], "nbytes"),
-            checksum=_checksum(doc["checksum"]),
-            chunks=_int(doc["chunks"], "chunks", minimum=1),
+            nbytes=nbytes,
+            checksum=_checksum(doc["checksum"], required=True),
+            chunks=_chunk_count(doc["chunks"], nbytes=nbytes),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestCorrupted(f"the record of shard {s.index} is malformed: {exc}") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise ManifestCorrupted(f"the record of shard {s.index} is malformed: {str(exc)[:200]}") from None
+
+
+def record_chunks(raw: bytes | str) -> int:
+    """How many chunk keys a ``done`` record (written or intent) stands for; 1 if malformed."""
+    try:
+        doc = json.loads(raw)
+        if isinstance(doc, dict):
+            return _chunk_count(doc.get("chunks", doc.get("pending")), nbytes=None)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return 1
+
+
+def _chunk_count(value: Any, *, nbytes: int | None) -> int:
+    count = _int(value, "chunks", minimum=1)
+    # Every chunk but an empty payload's only one holds at least one byte.
+    if count > MAX_CHUNKS_PER_SHARD or (nbytes is not None and count > max(nbytes, 1)):
+        raise ValueError(f"chunks={count} is impossible for {nbytes} bytes (at most {MAX_CHUNKS_PER_SHARD})")
+    return count
 
 
 def _int(value: Any, what: str, *, minimum: int = 0) -> int:
@@ -235,9 +272,9 @@ def _str(value: Any, what: str, *, max_len: int = 4096) -> str:
     return value
 
 
-def _checksum(value: Any) -> str:
+def _checksum(value: Any, *, required: bool = False) -> str:
     value = _str(value, "checksum", max_len=16)
-    if value and (len(value) != 16 or any(c not in "0123456789abcdef" for c in value)):
+    if (value or required) and (len(value) != 16 or any(c not in "0123456789abcdef" for c in value)):
         raise ValueError(f"checksum {value!r} is not 16 lowercase hex digits")
     return value
 
@@ -270,8 +307,9 @@ def _manifest_from_dict(doc: Any) -> Manifest:
         raise ValueError(f"num_rows={num_rows} is not the sum of the shards' rows")
     source = doc.get("source")
     return Manifest(
-        name=_str(doc["name"], "name"),
-        version=_str(doc["version"], "version", max_len=128),
+        # ConfigError is a ValueError: a bad name or version reads as a malformed manifest.
+        name=validate_dataset_name(doc["name"]),
+        version=validate_version(doc["version"]),
         schema=schema,
         shards=shards,
         state=state,
@@ -325,14 +363,21 @@ def _shard_from_dict(position: int, doc: Any) -> ShardInfo:
     cached = doc.get("cached", False)
     if not isinstance(cached, bool):
         raise TypeError(f"shards[{position}].cached is not a boolean")
+    nbytes = _int(doc.get("nbytes", 0), "nbytes")
+    if cached:
+        chunks = _chunk_count(doc.get("chunks"), nbytes=nbytes)
+    else:
+        chunks = _int(doc.get("chunks", 0), "chunks")
+        if chunks > MAX_CHUNKS_PER_SHARD:
+            raise ValueError(f"shards[{position}].chunks={chunks} is over {MAX_CHUNKS_PER_SHARD}")
     return ShardInfo(
         index=index,
         key=_str(doc["key"], "key", max_len=1024),
         rows=rows,
         source=tuple(segments),
-        nbytes=_int(doc.get("nbytes", 0), "nbytes"),
-        checksum=_checksum(doc.get("checksum", "")),
-        chunks=_int(doc.get("chunks", 0), "chunks"),
+        nbytes=nbytes,
+        checksum=_checksum(doc.get("checksum", ""), required=cached),
+        chunks=chunks,
         cached=cached,
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from typing import TypeVar
 import redis.exceptions as rex
 
 from ..errors import AccessDenied, CacheUnavailable, ConfigError
+from ..units import parse_duration
 
-__all__ = ["RetryPolicy", "TRANSIENT_ERRORS"]
+__all__ = ["TRANSIENT_ERRORS", "RetryPolicy", "is_transient"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +43,20 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionResetError,
     BrokenPipeError,
 )
+# redis-py raises this generic cluster error when no node answered while it re-read the
+# topology: that is a failover in progress, whereas its other uses (bad arguments) are not.
+_UNREACHABLE = "cannot be connected"
+# What Redis answers when a Lua script calls a command or key that the ACL user may not use.
+_SCRIPT_DENIED = "user executing the script can't"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error that a failover, restart or slot migration produces and that goes away."""
+    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)):
+        return False
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, rex.RedisClusterException) and _UNREACHABLE in str(exc)
 
 
 @dataclass
@@ -62,10 +78,15 @@ class RetryPolicy:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
-        if self.deadline < 0:
-            raise ConfigError(f"retry deadline={self.deadline!r} must be >= 0 seconds")
+        # Durations may come as strings ("30s", "250ms"); the loop below sees only floats.
+        self.deadline = parse_duration(self.deadline, name="deadline")
+        self.initial_backoff = parse_duration(self.initial_backoff, name="initial_backoff")
+        self.max_backoff = parse_duration(self.max_backoff, name="max_backoff")
         if self.initial_backoff <= 0 or self.max_backoff < self.initial_backoff:
-            raise ConfigError("retry backoff must satisfy 0 < initial_backoff <= max_backoff")
+            raise ConfigError(
+                f"initial_backoff={self.initial_backoff!r}, max_backoff={self.max_backoff!r}: "
+                "need 0 < initial_backoff <= max_backoff"
+            )
 
     def call(
         self,
@@ -87,7 +108,7 @@ class RetryPolicy:
         while True:
             try:
                 return fn()
-            except (rex.AuthenticationError, rex.AuthenticationWrongNumberOfArgsError) as exc:
+            except (rex.AuthenticationError, rex.AuthorizationError, rex.AuthenticationWrongNumberOfArgsError) as exc:
                 raise AccessDenied(
                     f"{what}: Redis refused the credentials ({_first_line(exc)}); check the username and "
                     "password (SHARDCACHE_REDIS_PASSWORD)",
@@ -99,7 +120,21 @@ class RetryPolicy:
                     "shown in README's 'Access control' section",
                     node=node() if node else None,
                 ) from None
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if _certificate_refused(exc):  # retrying cannot help, and "did not answer" would mislead
+                    raise CacheUnavailable(
+                        f"{what}: the TLS certificate of Redis{_at(node)} was refused ({_first_line(exc)}); pass "
+                        "the CA that signed it (ssl_ca_certs= or SHARDCACHE_TLS_CA)",
+                        node=node() if node else None,
+                    ) from None
+                if isinstance(exc, rex.ResponseError) and _SCRIPT_DENIED in str(exc):
+                    raise AccessDenied(
+                        f"{what}: the Redis ACL user lacks a permission that a shardcache script needs "
+                        f"({_first_line(exc)}); grant the rule shown in README's 'Access control' section",
+                        node=node() if node else None,
+                    ) from None
+                if not is_transient(exc):
+                    raise
                 attempt += 1
                 waited = self.clock() - start
                 if waited >= self.deadline:
@@ -115,14 +150,32 @@ class RetryPolicy:
                 if on_retry is not None:
                     try:
                         on_retry(exc)
-                    except TRANSIENT_ERRORS:
-                        pass  # the topology refresh itself can fail mid-failover; the next try will tell
+                    except Exception as refresh_error:
+                        # Re-reading the topology can itself fail mid-failover; the next try will tell.
+                        log.debug("topology refresh failed: %s", type(refresh_error).__name__)
                 pause = min(backoff * (0.5 + random.random()), self.deadline - waited, self.max_backoff)
                 if pause > 0:
                     if on_wait is not None:
                         on_wait(pause)
                     self.sleep(pause)
                 backoff = min(backoff * 2, self.max_backoff)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (redis-py wraps the ssl error in a ConnectionError) is a failed certificate check."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _at(node: Callable[[], str | None] | None) -> str:
+    where = node() if node else None
+    return f" node {where}" if where else ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -37,6 +37,10 @@ class CacheStats:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
 
+    def after_fork(self) -> None:
+        """In a forked child, a new lock: the parent's may have been held by one of its threads."""
+        self._lock = threading.Lock()
+
     def reset(self) -> None:
         with self._lock:
             for f in fields(self):

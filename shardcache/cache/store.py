@@ -12,10 +12,12 @@ Every call rides through failover with :class:`RetryPolicy`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +28,7 @@ import pyarrow as pa
 import redis.exceptions as rex
 
 from ..errors import (
+    AccessDenied,
     CacheUnavailable,
     CapacityExceeded,
     ConfigError,
@@ -38,11 +41,13 @@ from ..errors import (
     ShardMissing,
 )
 from ..units import format_bytes, parse_size
+from .breaker import NodeBreaker
+from .bulk import NotBulk, read_bulk
 from .codec import checksum, decode_payload, split_chunks
 from .connection import Client, ConnectOptions, open_client
 from .keys import KeySpace, validate_dataset_name, validate_version
-from .locks import DatasetLock, Lease
-from .manifest import Manifest, ShardInfo, apply_shard_record, shard_record
+from .locks import DatasetLock, Lease, live_leases
+from .manifest import MAX_CHUNKS_PER_SHARD, Manifest, ShardInfo, apply_shard_record, record_chunks, shard_record
 from .retry import RetryPolicy
 from .stats import CacheStats
 from .urls import CacheURL, resolve_url
@@ -52,6 +57,7 @@ __all__ = ["Capacity", "NodeMemory", "ShardCache", "connect"]
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+MIN_BREAKER_COOLDOWN = 5.0
 
 _BEGIN = """
 local cur = redis.call('GET', KEYS[1])
@@ -82,7 +88,10 @@ if ARGV[1] ~= '1' then
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     local v = string.match(member, '^([^|]*)|')
     for i = 2, #ARGV do
-      if v == ARGV[i] or v == '*' then table.insert(blocked, member) end
+      if v == ARGV[i] or v == '*' then
+        table.insert(blocked, member)
+        break
+      end
     end
   end
   if #blocked > 0 then return {0, blocked} end
@@ -201,18 +210,22 @@ class ShardCache:
         self.keys = KeySpace(prefix)
         self.retry = retry or RetryPolicy()
         self.chunk_size = parse_size(chunk_size, name="chunk_size")
-        if not isinstance(read_concurrency, int) or read_concurrency < 1:
+        if isinstance(read_concurrency, bool) or not isinstance(read_concurrency, int) or read_concurrency < 1:
             raise ConfigError(f"read_concurrency={read_concurrency!r} must be an integer >= 1")
         self.read_concurrency = read_concurrency
-        if shard_ttl is not None and shard_ttl <= 0:
+        if shard_ttl is not None and (isinstance(shard_ttl, bool) or not isinstance(shard_ttl, (int, float))
+                                      or shard_ttl <= 0):
             raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive number of seconds or None")
         self.shard_ttl = shard_ttl
         self.stats = CacheStats()
         self._lock = threading.Lock()
+        _INSTANCES.add(self)
         self._pid = -1
         self._client: Client | None = None
         self._is_cluster = False
         self._pool: ThreadPoolExecutor | None = None
+        # A node that used up a whole deadline is not waited for again at once (see breaker.py).
+        self._breaker = NodeBreaker(cooldown=max(2 * self.retry.deadline, MIN_BREAKER_COOLDOWN))
         self._ensure()
 
     # -- plumbing --------------------------------------------------------------------
@@ -240,6 +253,13 @@ class ShardCache:
         assert self._client is not None
         return self._client
 
+    def _after_fork(self) -> None:
+        """In a forked child: locks that a parent's thread held at the fork would never be
+        released here, so every lock is replaced; the client is rebuilt on first use."""
+        self._lock = threading.Lock()
+        self.stats.after_fork()
+        self._breaker.after_fork()
+
     @property
     def client(self) -> Client:
         """The underlying redis-py client (``RedisCluster`` or ``Redis``)."""
@@ -255,7 +275,9 @@ class ShardCache:
         if self._is_cluster:
             client.nodes_manager.initialize()  # type: ignore[union-attr]
 
-    def _node_of(self, key: str | None) -> str | None:
+    def node_of(self, key: str | None) -> str | None:
+        """The primary that serves ``key`` (``host:port``, as in :meth:`capacity`); None if unknown."""
+        self._ensure()
         if key is None or not self._is_cluster:
             return self.url.redacted()
         try:
@@ -274,16 +296,26 @@ class ShardCache:
         first_key = key if key is not None else (args[0] if args and isinstance(args[0], str) else None)
         if method.upper() == "EVAL" and len(args) > 2:
             first_key = args[2]
+        what = f"{method.upper()} {first_key or ''}".strip()
+        node = self.node_of(first_key)
+        self._breaker.check(node, what=what)
         try:
-            return self.retry.call(
+            result = self.retry.call(
                 lambda: fn(*args, **kwargs),
-                what=f"{method.upper()} {first_key or ''}".strip(),
-                node=lambda: self._node_of(first_key),
+                what=what,
+                node=lambda: self.node_of(first_key),
                 on_retry=self._refresh,
                 on_wait=self._on_wait,
             )
         except rex.OutOfMemoryError:
-            raise self._capacity_error(None) from None
+            raise self._capacity_error(None, node=node) from None
+        except AccessDenied:
+            raise
+        except CacheUnavailable as exc:
+            self._breaker.trip(exc.node or node)  # the next calls to that node fail fast
+            raise
+        self._breaker.reset(node)
+        return result
 
     def close(self) -> None:
         with self._lock:
@@ -310,16 +342,17 @@ class ShardCache:
 
     def datasets(self) -> list[str]:
         """Names of every dataset with at least one version."""
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in self.call("SMEMBERS", self.keys.datasets()))
+        members = self.call("SMEMBERS", self.keys.datasets())
+        return sorted(m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in members)
 
     def versions(self, name: str) -> list[str]:
         """Version ids of ``name``, oldest first."""
         raw = self.call("ZRANGE", self.keys.versions(name), 0, -1)
-        return [v.decode() if isinstance(v, bytes) else v for v in raw]
+        return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in raw]
 
     def latest_version(self, name: str) -> str | None:
         raw = self.call("GET", self.keys.latest(name))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
     def manifest(self, name: str, version: str | None = None) -> Manifest:
         """The manifest of ``version`` (default: the newest, loading or complete).
@@ -336,7 +369,14 @@ class ShardCache:
                     dataset=name,
                 )
         validate_version(version)
-        raw = self.call("GET", self.keys.manifest(name, version))
+        try:
+            raw = self.call("GET", self.keys.manifest(name, version))
+        except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
+            raise ManifestCorrupted(
+                f"the manifest key of {name!r} version {version} holds no manifest ({str(exc)[:100]}); remove it "
+                f"with `shardcache rm {name} --version {version}` and prefetch again",
+                dataset=name, version=version,
+            ) from None
         if raw is None:
             raise DatasetNotFound(
                 f"version {version!r} of dataset {name!r} is not in the cache (removed, or its manifest was "
@@ -359,16 +399,27 @@ class ShardCache:
         return manifest
 
     def _merge_done(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with the shards recorded in ``done:V`` (written since ``begin``) marked cached."""
         records = self.call("HGETALL", self.keys.done(manifest.name, manifest.version))
         shards = list(manifest.shards)
         for field, raw in records.items():
-            text = field.decode() if isinstance(field, bytes) else field
-            if not text.isdigit() or int(text) >= len(shards):
-                continue
-            doc = json.loads(raw)
-            if "checksum" in doc:
-                shards[int(text)] = apply_shard_record(shards[int(text)], raw)
+            text = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
+            if not (text.isascii() and text.isdigit()) or int(text) >= len(shards):
+                continue  # not a shard of this manifest: ignore rather than trust it
+            index = int(text)
+            if not shards[index].cached:
+                shards[index] = self._recorded(manifest, shards[index], raw)
         return manifest.replace(shards=tuple(shards))
+
+    def _recorded(self, manifest: Manifest, shard: ShardInfo, raw: bytes | str) -> ShardInfo:
+        try:
+            return apply_shard_record(shard, raw)
+        except ManifestCorrupted as exc:
+            raise ManifestCorrupted(
+                f"{exc} (dataset {manifest.name!r} version {manifest.version}); remove the version with "
+                f"`shardcache rm {manifest.name} --version {manifest.version}` and prefetch again",
+                dataset=manifest.name, version=manifest.version, shard=shard.index,
+            ) from None
 
     def shard_info(self, manifest: Manifest, index: int) -> ShardInfo:
         """The current record of one shard (a loading version may have written it since)."""
@@ -376,10 +427,7 @@ class ShardCache:
         if shard.cached or manifest.state == "complete":
             return shard
         raw = self.call("HGET", self.keys.done(manifest.name, manifest.version), str(index))
-        if raw is None:
-            return shard
-        doc = json.loads(raw)
-        return apply_shard_record(shard, raw) if "checksum" in doc else shard
+        return shard if raw is None else self._recorded(manifest, shard, raw)
 
     # -- writing -------------------------------------------------------------------
 
@@ -397,41 +445,82 @@ class ShardCache:
         """
         name, version = manifest.name, manifest.version
         keys = self.keys
+        # Listed first, so that a writer dying between the two calls leaves nothing `ls` cannot see.
+        self.call("SADD", keys.datasets(), name)
         existing = self.call(
             "EVAL", _BEGIN, 3, keys.manifest(name, version), keys.versions(name), keys.latest(name),
             manifest.replace(state="loading").to_json(), version, repr(manifest.created_at),
         )
-        self.call("SADD", keys.datasets(), name)
         if existing is None:
             return manifest.replace(state="loading")
         return self.manifest(name, version)
 
     def put_shard(self, manifest: Manifest, index: int, payload: pa.Buffer | bytes) -> ShardInfo:
-        """Write shard ``index`` and record it; writing the same shard twice is harmless."""
+        """Write shard ``index`` and record it; writing the same shard twice is harmless.
+
+        For a ``complete`` manifest (a loader writing back a shard it read through), the
+        payload must match the checksum the manifest holds, and is laid out in the
+        manifest's number of chunks, so that readers of that manifest can read it.
+        """
+        if not 0 <= index < manifest.num_shards:
+            raise ConfigError(f"index={index!r} is not a shard of {manifest.name!r} (0..{manifest.num_shards - 1})")
         shard = manifest.shards[index]
-        nbytes = len(memoryview(payload))
-        digest = checksum(payload)
-        chunks = list(split_chunks(payload, chunk_size=self.chunk_size))
+        view = memoryview(payload)
+        nbytes = view.nbytes
+        digest = checksum(view)
+        if manifest.state == "complete" and shard.cached:
+            if (nbytes, digest) != (shard.nbytes, shard.checksum):
+                raise ConfigError(
+                    f"the payload of shard {index} of {manifest.name!r} version {manifest.version} "
+                    f"({nbytes} bytes, xxh3 {digest}) differs from the committed manifest's "
+                    f"({shard.nbytes} bytes, xxh3 {shard.checksum}); the version is complete, so write a new version"
+                )
+            count = shard.chunks  # exactly as many as the manifest names (readers concatenate them)
+            chunks = [view[nbytes * c // count : nbytes * (c + 1) // count] for c in range(count)]
+        else:
+            chunks = list(split_chunks(view, chunk_size=self.chunk_size))
+        if len(chunks) > MAX_CHUNKS_PER_SHARD:
+            raise ConfigError(
+                f"shard {index} of {manifest.name!r} is {format_bytes(nbytes)}, which needs {len(chunks)} chunks of "
+                f"chunk_size={self.chunk_size}, over {MAX_CHUNKS_PER_SHARD}; raise chunk_size or make smaller shards"
+            )
         done_key = self.keys.done(manifest.name, manifest.version)
-        # An intent record first, so that `rm` finds every chunk even if we die midway.
-        if len(chunks) > 1:
+        loading = manifest.state == "loading"
+        # An intent record first, so that `rm` finds every chunk even if we die midway (a
+        # committed manifest already names the chunks of its cached shards).
+        if len(chunks) > 1 and not (manifest.state == "complete" and shard.cached):
             self.call("HSET", done_key, str(index), json.dumps({"pending": len(chunks)}))
         px = int(self.shard_ttl * 1000) if self.shard_ttl else None
         try:
             for c, chunk in enumerate(chunks):
                 self.call("SET", self.keys.chunk(shard.key, c), chunk, px=px)
         except CapacityExceeded as exc:
-            raise self._capacity_error(nbytes, dataset=manifest.name) from exc
+            raise self._capacity_error(nbytes, dataset=manifest.name, node=exc.node) from exc
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
-        if manifest.state == "loading":
+        if loading:
             self.call("HSET", done_key, str(index), shard_record(written))
         self.stats.add(bytes_written=nbytes, shards_written=1)
         return written
+
+    def drop_shard(self, manifest: Manifest, index: int) -> Manifest:
+        """Remove written shard ``index`` of a version not yet committed; return it marked uncached.
+
+        The prefetcher uses this to make room on a full node under ``allow_partial``
+        (UNLINK is allowed while Redis is out of memory). The shard's done record stays
+        until commit deletes it; a resumed run checks the keys and reloads the shard.
+        """
+        shard = manifest.shards[index]
+        for c in range(max(shard.chunks, 1)):
+            self.call("UNLINK", self.keys.chunk(shard.key, c))
+        return manifest.with_shard(ShardInfo(index=shard.index, key=shard.key, rows=shard.rows, source=shard.source))
 
     def commit(self, manifest: Manifest, *, lock: DatasetLock | None = None) -> Manifest:
         """Store ``manifest`` as ``complete``: readers see it only after every shard is written."""
         if lock is not None:
             lock.check()
+        if manifest.state == "loading":
+            # Shards another process (or an earlier run) wrote count too, not only those the caller tracked.
+            manifest = self._merge_done(manifest)
         final = manifest.replace(state="complete")
         keys = self.keys
         try:
@@ -454,8 +543,13 @@ class ShardCache:
             raise
         return final
 
-    def missing_shards(self, manifest: Manifest) -> list[int]:
-        """Indices of shards marked cached whose keys are gone (evicted or lost)."""
+    def missing_shards(self, manifest: Manifest, *, check_sizes: bool = False) -> list[int]:
+        """Indices of shards marked cached whose keys are gone (evicted or lost).
+
+        With ``check_sizes``, also those whose chunks no longer add up to the recorded size
+        (truncated or overwritten): the prefetcher's resume check. Either way it is one
+        pipelined ``EXISTS`` (or ``STRLEN``) per chunk key; nothing is read.
+        """
         client = self._ensure()
         cached = [s for s in manifest.shards if s.cached]
         if not cached:
@@ -465,14 +559,19 @@ class ShardCache:
             pipe = client.pipeline(transaction=False)
             for s in cached:
                 for c in range(s.chunks):
-                    pipe.exists(self.keys.chunk(s.key, c))
+                    key = self.keys.chunk(s.key, c)
+                    if check_sizes:
+                        pipe.strlen(key)
+                    else:
+                        pipe.exists(key)
             return pipe.execute()
 
-        flags = iter(self.retry.call(run, what="EXISTS shards", on_retry=self._refresh, on_wait=self._on_wait))
+        what = "STRLEN shards" if check_sizes else "EXISTS shards"
+        replies = iter(self.retry.call(run, what=what, on_retry=self._refresh, on_wait=self._on_wait))
         missing = []
         for s in cached:
-            present = [bool(next(flags)) for _ in range(s.chunks)]  # consume every flag of this shard
-            if not all(present):
+            got = [int(next(replies)) for _ in range(s.chunks)]  # consume every reply of this shard
+            if (sum(got) != s.nbytes) if check_sizes else not all(got):
                 missing.append(s.index)
         return missing
 
@@ -481,31 +580,67 @@ class ShardCache:
     def get_payload(self, manifest: Manifest, index: int) -> pa.Buffer:
         """The verified payload of one shard; raises ShardMissing or ShardCorrupted."""
         shard = self.shard_info(manifest, index)
-        name, version = manifest.name, manifest.version
         if not shard.cached:
             self.stats.add(misses=1)
             raise ShardMissing(
-                f"shard {index} of {name!r} version {version} was not cached (partial or unfinished prefetch)",
-                dataset=name, version=version, shard=index,
+                f"shard {index} of {manifest.name!r} version {manifest.version} was not cached "
+                "(partial or unfinished prefetch); it is read through from the source",
+                dataset=manifest.name, version=manifest.version, shard=index,
             )
-        parts = [self.call("GET", self.keys.chunk(shard.key, c)) for c in range(shard.chunks)]
-        if any(p is None for p in parts):
+        payload: pa.Buffer | rex.ResponseError | None
+        try:
+            payload = self._read_chunks(shard)
+        except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
+            payload = exc
+        if payload is None:
             self.stats.add(misses=1)
             raise ShardMissing(
-                f"shard {index} of {name!r} version {version} is gone from Redis (evicted or lost with a node); "
-                "it is read through from the source, or re-run the prefetch",
-                dataset=name, version=version, shard=index,
+                f"shard {index} of {manifest.name!r} version {manifest.version} is gone from Redis (evicted or "
+                "lost with a node); it is read through from the source, or re-run the prefetch",
+                dataset=manifest.name, version=manifest.version, shard=index,
             )
-        payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(payload) != shard.nbytes or checksum(payload) != shard.checksum:
+        if isinstance(payload, Exception) or payload.size != shard.nbytes or checksum(payload) != shard.checksum:
             self.stats.add(corrupted=1)
+            got = type(payload).__name__ if isinstance(payload, Exception) else f"{payload.size} bytes"
             raise ShardCorrupted(
-                f"shard {index} of {name!r} version {version} failed its xxh3-64 checksum "
-                f"({len(payload)} bytes, expected {shard.nbytes}); it is read through from the source",
-                dataset=name, version=version, shard=index,
+                f"shard {index} of {manifest.name!r} version {manifest.version} failed its xxh3-64 checksum "
+                f"({got}, expected {shard.nbytes} bytes); it is read through from the source",
+                dataset=manifest.name, version=manifest.version, shard=index,
             )
-        self.stats.add(hits=1, bytes_read=len(payload))
-        return pa.py_buffer(payload)
+        self.stats.add(hits=1, bytes_read=shard.nbytes)
+        return payload
+
+    def _read_chunks(self, shard: ShardInfo) -> pa.Buffer | None:
+        """The concatenated chunks of ``shard``; None if one is gone. Reading stops as soon as
+        the bytes exceed the recorded size, so a planted record cannot make us read without end."""
+        if shard.chunks == 1:
+            return self._get(shard.key)
+        parts: list[pa.Buffer] = []
+        size = 0
+        for c in range(shard.chunks):
+            part = self._get(self.keys.chunk(shard.key, c))
+            if part is None:
+                return None
+            parts.append(part)
+            size += part.size
+            if size > shard.nbytes:
+                break  # corrupt: the checksum check rejects it
+        return pa.py_buffer(b"".join(parts))
+
+    def _get(self, key: str) -> pa.Buffer | None:
+        """GET of one shard or chunk, with the retry policy.
+
+        While no node's breaker is open, the first try reads the value straight into an
+        Arrow buffer (bulk.py): this is the hot path. Any failure or unusual reply repeats
+        the GET through redis-py and :meth:`call`, which handle redirects, errors and retries.
+        """
+        if not self._breaker.tripped:
+            try:
+                return read_bulk(self._ensure(), key, cluster=self._is_cluster)
+            except (NotBulk, rex.RedisError, rex.RedisClusterException, OSError) as exc:
+                log.debug("direct GET of %s fell back to redis-py: %s", key, type(exc).__name__)
+        value = self.call("GET", key)
+        return None if value is None else pa.py_buffer(value)
 
     def get_table(self, manifest: Manifest, index: int) -> pa.Table:
         """One shard decoded to an Arrow table, validated against the manifest."""
@@ -555,7 +690,10 @@ class ShardCache:
         """
         if errors not in ("raise", "return"):
             raise ConfigError(f"errors={errors!r} must be 'raise' or 'return'")
-        width = concurrency or self.read_concurrency
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or concurrency < 1):
+            raise ConfigError(f"concurrency={concurrency!r} must be an integer >= 1 or None")
+        width = min(concurrency or self.read_concurrency, self.read_concurrency)
         pool = self._executor()
         pending: deque[tuple[int, Future[pa.Buffer]]] = deque()
         todo = iter(indices)
@@ -588,14 +726,7 @@ class ShardCache:
 
     def leases(self, name: str) -> list[str]:
         """Live lease members (``VERSION|HOLDER``) of ``name``."""
-        key = self.keys.leases(name)
-        now_ms = self._server_ms()
-        raw = self.call("ZRANGEBYSCORE", key, now_ms, "+inf")
-        return [m.decode() if isinstance(m, bytes) else m for m in raw]
-
-    def _server_ms(self) -> int:
-        seconds, micros = self.call("TIME", key=self.keys.datasets())
-        return int(seconds) * 1000 + int(micros) // 1000
+        return live_leases(self.call, self.keys.leases(name))
 
     def delete(
         self, name: str, version: str | None = None, *, all_old: bool = False, force: bool = False
@@ -605,6 +736,9 @@ class ShardCache:
         ``all_old`` removes every version but the newest. A version with a live lease
         raises DatasetInUse unless ``force``.
         """
+        validate_dataset_name(name)
+        if version is not None and all_old:
+            raise ConfigError(f"give version={version!r} or all_old=True, not both")
         versions = self.versions(name)
         if version is not None:
             validate_version(version)
@@ -623,12 +757,16 @@ class ShardCache:
                 raise DatasetNotFound(f"dataset {name!r} is not in the cache; see `shardcache ls`", dataset=name)
         if not targets:
             return []
+        # Read which shards each version has before the script removes that record: if the
+        # script's reply is lost and it is retried, the retry finds the manifests gone.
+        before = {v: (self.call("GET", self.keys.manifest(name, v)), self.call("HGETALL", self.keys.done(name, v)))
+                  for v in targets}
         keys = [self.keys.leases(name), self.keys.versions(name), self.keys.latest(name)]
         for v in targets:
             keys += [self.keys.manifest(name, v), self.keys.done(name, v)]
         reply = self.call("EVAL", _DELETE, len(keys), *keys, "1" if force else "0", *targets)
         if int(reply[0]) == 0:
-            holders = [m.decode() if isinstance(m, bytes) else m for m in reply[1]]
+            holders = [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in reply[1]]
             raise DatasetInUse(
                 f"dataset {name!r} is in use by {len(holders)} reader(s) ({', '.join(holders[:3])}); "
                 "wait for the jobs to finish or their leases to expire, or pass force",
@@ -636,44 +774,26 @@ class ShardCache:
             )
         outs = reply[1]
         for i, v in enumerate(targets):
-            self._delete_shard_keys(name, v, outs[2 * i], outs[2 * i + 1])
+            manifest_raw, records = before[v]
+            counts = _chunk_counts(name, v, [manifest_raw, outs[2 * i]], [records, _flat_pairs(outs[2 * i + 1])])
+            self._unlink(name, (self.keys.chunk(self.keys.shard(name, v, index), c)
+                                for index, count in sorted(counts.items()) for c in range(count)))
         if int(reply[2]) == 0:
             self.call("SREM", self.keys.datasets(), name)
+            if self.call("ZCARD", self.keys.versions(name)):  # a writer began a new version meanwhile
+                self.call("SADD", self.keys.datasets(), name)
         return targets
 
-    def _delete_shard_keys(self, name: str, version: str, manifest_raw: bytes, pending_raw: bytes) -> None:
-        keys: set[str] = set()
-        if manifest_raw:
-            try:
-                doc = json.loads(manifest_raw)
-                for i, s in enumerate(doc.get("shards", [])):
-                    base = self.keys.shard(name, version, i)
-                    count = max(int(s.get("chunks", 0) or 0), 1)
-                    keys.update(self.keys.chunk(base, c) for c in range(count))
-            except (ValueError, TypeError, AttributeError):
-                log.warning("manifest of %r %s was malformed; its shards are left to eviction", name, version)
-        try:
-            pending = json.loads(pending_raw) if pending_raw else []
-        except ValueError:
-            pending = []
-        # HGETALL through cjson is a flat [field, value, ...] list; an empty one encodes as {}.
-        pending = pending if isinstance(pending, list) else []
-        for field, value in zip(pending[::2], pending[1::2], strict=False):
-            try:
-                count = max(int(json.loads(value).get("chunks") or json.loads(value).get("pending") or 1), 1)
-                base = self.keys.shard(name, version, int(field))
-            except (ValueError, TypeError, AttributeError):
-                continue
-            keys.update(self.keys.chunk(base, c) for c in range(count))
+    def _unlink(self, name: str, keys: Iterable[str], *, batch: int = 500) -> None:
+        """UNLINK ``keys`` in pipelined batches (small replies, so pipelining pays here)."""
         client = self._ensure()
-        ordered = sorted(keys)
-        for start in range(0, len(ordered), 500):
-            batch = ordered[start : start + 500]
+        todo = iter(keys)
+        while chunk := list(itertools.islice(todo, batch)):
 
-            def run(batch: Sequence[str] = batch) -> None:
+            def run(chunk: Sequence[str] = chunk) -> None:
                 pipe = client.pipeline(transaction=False)
-                for k in batch:
-                    pipe.delete(k)
+                for k in chunk:
+                    pipe.unlink(k)
                 pipe.execute()
 
             self.retry.call(run, what=f"deleting shards of {name!r}", on_retry=self._refresh, on_wait=self._on_wait)
@@ -703,20 +823,40 @@ class ShardCache:
             )
         return Capacity(nodes=tuple(nodes))
 
-    def _capacity_error(self, needed: int | None, *, dataset: str | None = None) -> CapacityExceeded:
+    def _capacity_error(
+        self, needed: int | None, *, dataset: str | None = None, node: str | None = None
+    ) -> CapacityExceeded:
         try:
             cap = self.capacity()
             free, total = cap.free, cap.maxmemory
         except ShardCacheError:
-            free, total = None, 0
+            cap, free, total = None, None, 0
         what = f" while writing {dataset!r}" if dataset else ""
+        # Keys spread by hash: one full node stops a load even when the others have room, so name it.
+        full = next((n for n in cap.nodes if n.node == node), None) if cap is not None and node else None
+        where = (
+            f"; node {full.node} uses {format_bytes(full.used)} of its maxmemory {format_bytes(full.maxmemory)}"
+            if full is not None and full.maxmemory else ""
+        )
         return CapacityExceeded(
             f"Redis is out of memory{what} (OOM command not allowed under maxmemory"
-            f"{' ' + format_bytes(total) if total else ''}; {format_bytes(free or 0)} free); "
+            f"{' ' + format_bytes(total) if total else ''}, {format_bytes(free or 0)} free{where}); "
             "free space with `shardcache rm`, raise maxmemory, or use --allow-partial, then run again: "
             "the prefetch resumes where it stopped",
-            needed=needed, available=free,
+            needed=needed, available=free, node=node,
         )
+
+
+# Every live ShardCache, so that a forked child (a DataLoader worker) can replace their locks.
+_INSTANCES: weakref.WeakSet[ShardCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_INSTANCES):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _rebuild(
@@ -728,3 +868,41 @@ def _rebuild(
         read_concurrency=read_concurrency, shard_ttl=shard_ttl,
     )
 
+
+def _flat_pairs(raw: Any) -> dict[Any, Any]:
+    """A HGETALL reply that came through Lua's cjson: a flat ``[field, value, ...]`` list
+    (an empty one encodes as ``{}``)."""
+    try:
+        flat = json.loads(raw) if raw else []
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(flat, list):
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+def _chunk_counts(
+    name: str, version: str, manifests: Sequence[Any], records: Sequence[Mapping[Any, Any]]
+) -> dict[int, int]:
+    """Shard index -> number of chunk keys, from raw manifests and ``done`` records; lenient,
+    since a damaged manifest is exactly what `rm` must still clean up, but capped per shard."""
+    counts: dict[int, int] = {}
+    for raw in manifests:
+        if not raw:
+            continue
+        try:
+            doc = json.loads(raw)
+            shards = doc["shards"] if isinstance(doc, dict) and isinstance(doc.get("shards"), list) else []
+        except (ValueError, RecursionError):
+            log.warning("the manifest of %r %s is malformed; only shards it names clearly are removed", name, version)
+            continue
+        for index, s in enumerate(shards):
+            chunks = s.get("chunks") if isinstance(s, dict) else None
+            count = chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else 1
+            counts[index] = max(counts.get(index, 1), min(max(count, 1), MAX_CHUNKS_PER_SHARD))
+    for pairs in records:
+        for field, value in pairs.items():
+            text = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
+            if text.isascii() and text.isdigit() and len(text) < 12:
+                counts[int(text)] = max(counts.get(int(text), 1), record_chunks(value))
+    return counts

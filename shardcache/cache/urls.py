@@ -57,18 +57,29 @@ def _host(host: str) -> str:
 
 
 def parse_url(url: str) -> CacheURL:
-    """Parse ``url``; raises ConfigError saying what is wrong, without echoing a password."""
+    """Parse ``url``; raises ConfigError saying what is wrong, without echoing a password.
+
+    Characters such as ``, / ? # @`` in a password must be percent-encoded.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("the cache URL is empty; pass --redis redis://HOST:PORT or set SHARDCACHE_REDIS_URL")
-    parts = [p.strip() for p in url.strip().split(",")]
-    if any(not p for p in parts):
-        raise ConfigError("the cache URL has an empty seed between commas; use redis://h1:7000,h2:7001")
-    first = parts[0]
+    text = url.strip()
+    # Everything before the last '@' may be a password (even one that holds a ',' by mistake):
+    # error messages show no seed that starts inside that span.
+    secret_end = text.rfind("@")
+    parts: list[tuple[str, str]] = []
+    offset = 0
+    for k, raw in enumerate(text.split(",")):
+        part = raw.strip()
+        shown = _shown(part, inside_secret=offset + len(raw) <= secret_end, number=k + 1)
+        offset += len(raw) + 1
+        if not part:
+            raise ConfigError("the cache URL has an empty seed between commas; use redis://h1:7000,h2:7001")
+        parts.append((part, shown))
+    first, first_shown = parts[0]
     if "://" not in first:
-        raise ConfigError(
-            "the cache URL must start with redis:// or rediss://, e.g. redis://127.0.0.1:7000"
-        )
-    head = urlsplit(first)
+        raise ConfigError("the cache URL must start with redis:// or rediss://, e.g. redis://127.0.0.1:7000")
+    head = _split(first, first_shown)
     if head.scheme not in _SCHEMES:
         raise ConfigError(f"the cache URL scheme {head.scheme!r} is not supported; use redis:// or rediss://")
     tls = head.scheme == "rediss"
@@ -77,34 +88,60 @@ def parse_url(url: str) -> CacheURL:
     db = 0
     path = head.path.strip("/")
     if path:
-        if not path.isdigit():
-            raise ConfigError(f"the cache URL path {path!r} is not a database number")
+        if not (path.isascii() and path.isdigit()) or len(path) > 5:
+            raise ConfigError(f"the cache URL seed {first_shown} has a path that is not a database number")
         db = int(path)
-    seeds = [_seed(head.hostname, head, _redacted_text(first))]
-    for part in parts[1:]:
-        text = part if "://" in part else f"{head.scheme}://{part}"
-        piece = urlsplit(text)
+    seeds = [_seed(head, first_shown)]
+    for part, shown in parts[1:]:
+        piece = _split(part if "://" in part else f"{head.scheme}://{part}", shown)
         if piece.scheme != head.scheme:
             raise ConfigError("all seeds of a cache URL must use the same scheme (redis:// or rediss://)")
-        seeds.append(_seed(piece.hostname, piece, _redacted_text(part)))
+        if piece.username or piece.password:
+            raise ConfigError(
+                f"the cache URL seed {shown} carries credentials; give them once, on the first seed, "
+                "and percent-encode a ',' in a password as %2C"
+            )
+        if piece.path.strip("/") not in ("", path):
+            raise ConfigError(f"the cache URL seed {shown} names another database than the first seed")
+        seeds.append(_seed(piece, shown))
     return CacheURL(seeds=tuple(seeds), tls=tls, username=username, password=password, db=db)
 
 
-def _seed(hostname: str | None, piece: SplitResult, shown: str) -> tuple[str, int]:
-    if not hostname:
-        raise ConfigError(f"the cache URL seed {shown!r} has no host; use HOST:PORT")
+def _split(text: str, shown: str) -> SplitResult:
     try:
-        port = piece.port or DEFAULT_PORT
+        piece = urlsplit(text)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"the cache URL seed {shown} is malformed; use redis://HOST:PORT") from None
+    if piece.query or piece.fragment or "?" in text or "#" in text:
+        raise ConfigError(
+            f"the cache URL seed {shown} has a query or fragment, which shardcache does not read; "
+            "pass options to connect() instead (percent-encode '?' and '#' in a password)"
+        )
+    return piece
+
+
+def _seed(piece: SplitResult, shown: str) -> tuple[str, int]:
+    if not piece.hostname:
+        raise ConfigError(f"the cache URL seed {shown} has no host; use HOST:PORT")
+    try:
+        port = piece.port
     except ValueError:
-        raise ConfigError(f"the cache URL seed {shown!r} has an invalid port; use a number 1-65535") from None
-    return hostname, port
+        port = 0
+    if port is None:
+        return piece.hostname, DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"the cache URL seed {shown} has an invalid port; use a number 1-65535")
+    return piece.hostname, port
 
 
-def _redacted_text(text: str) -> str:
-    if "@" not in text:
-        return text
-    scheme, _, rest = text.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+def _shown(part: str, *, inside_secret: bool, number: int) -> str:
+    """What an error message may show of one seed: never anything that may be a credential."""
+    if inside_secret:
+        return f"number {number}"
+    if "@" not in part:
+        return repr(part)
+    scheme = part.partition("://")[0] + "://" if "://" in part else ""
+    return repr(f"{scheme}***@{part.rsplit('@', 1)[1]}")
 
 
 def resolve_url(url: str | None, *, env: Mapping[str, str], password: str | None = None) -> CacheURL:

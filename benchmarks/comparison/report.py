@@ -1,0 +1,258 @@
+"""The results of a run: rows, ratios, the targets (PASS/MISS), the table, the JSON and the chart.
+
+Ratios are always measured in the same run. The ``shardcache x`` column divides
+shardcache's figure by the row's: ``CachedDataLoader`` (same workers and batch size
+where that row has them, else its best) for read systems, ``prefetch`` for writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .rounds import Outcome, headline
+
+__all__ = ["Row", "Target", "build_rows", "build_targets", "render_table", "render_targets", "write_chart"]
+
+READ_FAMILIES = ("memcpy", "tcp", "get", "handloop", "cached", "parquet", "mds", "litdata", "s3")
+WRITE_FAMILIES = ("prefetch", "set")
+RSS_TOLERANCE = 1.10  # "no growth": within 10%, the noise between runs of the same size
+
+
+@dataclass
+class Row:
+    key: str
+    family: str
+    system: str
+    group: str
+    workers: int | None
+    batch_size: int | None
+    mb_per_s: float | None = None
+    samples_per_s: float | None = None
+    first_batch_s: float | None = None
+    peak_rss_mb: float | None = None
+    rounds: int = 0
+    shardcache_ratio: float | None = None
+    status: str = "ok"  # ok | failed | skipped
+    note: str = ""
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_rows(outcomes: Iterable[Outcome], *, sample_bytes: int) -> list[Row]:
+    rows = []
+    for o in outcomes:
+        s = o.system
+        row = Row(key=s.key, family=s.family, system=s.name, group=s.group, workers=s.workers,
+                  batch_size=s.batch_size, rounds=len(o.runs), runs=list(o.runs))
+        if o.skipped:
+            row.status, row.note = "skipped", o.skipped
+        elif o.error and not o.runs:
+            row.status, row.note = "failed", headline(o.error)[:300]
+        if o.runs:
+            bps = o.median("nbytes")
+            row.mb_per_s = None if bps is None else bps / 1e6
+            sps = o.median("samples")
+            # References move bytes, not samples: count how many samples those bytes would hold.
+            row.samples_per_s = sps if sps is not None else (None if bps is None else bps / sample_bytes)
+            row.first_batch_s = o.median("first_batch_s")
+            rss = o.median("peak_rss")
+            row.peak_rss_mb = None if rss is None else rss / 1e6
+            notes = list(o.notes) + ([headline(o.error)[:200]] if o.error else [])
+            row.note = "; ".join(notes)
+        rows.append(row)
+    _fill_ratios(rows)
+    return rows
+
+
+def _best(rows: Iterable[Row], **match: Any) -> Row | None:
+    found = [r for r in rows if r.samples_per_s and all(getattr(r, k) == v for k, v in match.items())]
+    return max(found, key=lambda r: r.samples_per_s or 0.0, default=None)
+
+
+def _fill_ratios(rows: list[Row]) -> None:
+    for row in rows:
+        if not row.samples_per_s:
+            continue
+        if row.family in WRITE_FAMILIES:
+            ref = _best(rows, family="prefetch")
+        else:
+            ref = (_best(rows, family="cached", workers=row.workers, batch_size=row.batch_size)
+                   or (_best(rows, family="cached", workers=row.workers) if row.workers is not None else None)
+                   or _best(rows, family="cached"))
+        if ref is not None and ref.samples_per_s:
+            row.shardcache_ratio = ref.samples_per_s / row.samples_per_s
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    threshold: float
+    higher_is_better: bool = True
+    status: str = "SKIP"  # PASS | MISS | SKIP | INFO
+    detail: str = ""
+    # The same ratio for a reference. "ceiling": the fastest bare GET loop, the ceiling of any
+    # Redis-based loader; below the goal, no such loader can meet the target on this machine.
+    # "hand loop": the minimal hand-written DataLoader loop, what passing batches through torch's
+    # DataLoader (and its worker processes) leaves of the bare GET loop.
+    ceiling: float | None = None
+    ceiling_kind: str = "ceiling"
+
+    def judge(self) -> Target:
+        if self.status == "INFO" or self.value is None:
+            return self
+        ok = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        self.status = "PASS" if ok else "MISS"
+        return self
+
+
+def _ratio(a: Row | None, b: Row | None) -> float | None:
+    if a is None or b is None or not a.samples_per_s or not b.samples_per_s:
+        return None
+    return a.samples_per_s / b.samples_per_s
+
+
+def _label(row: Row | None) -> str:
+    if row is None:
+        return "(not measured)"
+    parts = [f"w={row.workers}" if row.workers is not None else "", f"b={row.batch_size}" if row.batch_size else ""]
+    return f"{row.system} {' '.join(p for p in parts if p)}".strip()
+
+
+def _why_missing(rows: Sequence[Row], family: str) -> str:
+    notes = [r.note for r in rows if r.family == family and r.note]
+    return f"{family}: {notes[0]}" if notes else f"{family} was not measured"
+
+
+def _detail(rows: Sequence[Row], a: Row | None, b: Row | None, fa: str, fb: str, *, same: str = "") -> str:
+    """``"X w=0 b=256 vs Y w=2 b=256"``, or why one side has no figure."""
+    if a is None or b is None:
+        return "; ".join(_why_missing(rows, f) for f, r in ((fa, a), (fb, b)) if r is None)
+    return same or f"{_label(a)} vs {_label(b)}"
+
+
+def build_targets(rows: Sequence[Row], *, workers: Sequence[int], scaling: Mapping[str, Any] | None) -> list[Target]:
+    """The issue's targets, each judged PASS or MISS, or SKIP with the reason."""
+    targets = []
+    for w in workers:
+        cached, get = _best(rows, family="cached", workers=w), _best(rows, family="get", workers=w)
+        # Here the ceiling is the minimal hand-written DataLoader loop: what passing batches through
+        # torch's DataLoader (and its worker processes) leaves of the bare GET loop.
+        hand = _best(rows, family="handloop", workers=w)
+        targets.append(Target(f"CachedDataLoader / bare GET loop (workers={w})", _ratio(cached, get), 0.8,
+                              detail=_detail(rows, cached, get, "cached", "get"), ceiling=_ratio(hand, get),
+                              ceiling_kind="hand loop"))
+    best, ceiling = _best(rows, family="cached"), _best(rows, family="get")
+    for family, name, threshold in (
+        ("mds", "MosaicML Streaming (local disk)", 1.0),
+        ("parquet", "plain Parquet DataLoader (local disk)", 1.0),
+        ("s3", "direct S3, no cache", 5.0),
+    ):
+        other = _best(rows, family=family)
+        targets.append(Target(f"CachedDataLoader / {name}", _ratio(best, other), threshold,
+                              detail=_detail(rows, best, other, "cached", family), ceiling=_ratio(ceiling, other)))
+    prefetch, bare_set = _best(rows, family="prefetch"), _best(rows, family="set")
+    targets.append(Target("prefetch / bare SET loop", _ratio(prefetch, bare_set), 0.7,
+                          detail=_detail(rows, prefetch, bare_set, "prefetch", "set", same="same bytes written")))
+    growth = None if scaling is None else scaling.get("rss_growth_x4")
+    targets.append(Target(
+        "loader peak RSS, dataset x4 / x1", growth, RSS_TOLERANCE, higher_is_better=False,
+        detail="no growth (within 10%)" if scaling is not None else "run with --scaling",
+    ))
+    litdata = _best(rows, family="litdata")
+    targets.append(Target("CachedDataLoader / LitData (local disk)", _ratio(best, litdata), 1.0, status="INFO",
+                          detail=_detail(rows, best, litdata, "cached", "litdata"), ceiling=_ratio(ceiling, litdata)))
+    return [t.judge() for t in targets]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def render_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
+    """The results table (fixed-width text, or Markdown for the README)."""
+    head = ["system", "workers", "batch", "MB/s", "samples/s", "1st batch s", "peak RSS MB", "shardcache x"]
+    body = []
+    for r in rows:
+        cells = [
+            r.system + (f" [{r.status}: {r.note}]" if r.status != "ok" else (f" [{r.note}]" if r.note else "")),
+            "-" if r.workers is None else str(r.workers),
+            "-" if r.batch_size is None else str(r.batch_size),
+            _fmt(r.mb_per_s, ",.0f"),
+            _fmt(r.samples_per_s, ",.0f"),
+            _fmt(r.first_batch_s, ".3f"),
+            _fmt(r.peak_rss_mb, ",.0f"),
+            _fmt(r.shardcache_ratio, ".2f"),
+        ]
+        body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    widths[0] = min(widths[0], 90)
+    out = []
+    for cells in [head, *body]:
+        first = cells[0] if len(cells[0]) <= widths[0] else cells[0][: widths[0] - 3] + "..."
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        out.append("  ".join([first.ljust(widths[0]), *rest]))
+    out.insert(1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+def render_targets(targets: Sequence[Target], *, markdown: bool = False) -> str:
+    head = "| target | measured | goal | result | reference, same ratio |"
+    lines = [head, "|---|---:|---:|---|---:|"] if markdown else []
+    for t in targets:
+        goal = ("<= " if not t.higher_is_better else ">= ") + f"{t.threshold:g}x"
+        # Three decimals: a ratio of 0.998 must not read as "1.00x MISS".
+        value = _fmt(t.value, ".3f") + ("x" if t.value is not None else "")
+        reference = "" if t.ceiling is None else f"{t.ceiling_kind} {t.ceiling:.2f}x"
+        if t.ceiling is not None and t.ceiling_kind == "ceiling" and t.ceiling < t.threshold:
+            reference += " (below the goal: out of reach on this machine)"
+        if markdown:
+            lines.append(f"| {t.name} | {value} | {goal} | {t.status} | {reference or '-'} |")
+        else:
+            more = f"; {reference}" if reference else ""
+            lines.append(f"{t.status:<5} {t.name:<58} {value:>7}  (goal {goal}; {t.detail}{more})")
+    return "\n".join(lines)
+
+
+def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def write_chart(rows: Sequence[Row], path: Path, *, title: str) -> None:
+    """A horizontal bar chart of samples/s per read system (median), coloured by kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.family in READ_FAMILIES and r.family not in ("memcpy", "tcp") and r.samples_per_s]
+    colours = {"shardcache": "#1f77b4", "limit": "#7f7f7f", "alternative": "#ff7f0e"}
+    labels = []
+    for r in shown:
+        parts = [f"w={r.workers}" if r.workers is not None else "", f"b={r.batch_size}" if r.batch_size else ""]
+        labels.append(f"{r.system} ({', '.join(p for p in parts if p)})")
+    values = [r.samples_per_s or 0.0 for r in shown]
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(shown) + 1.6))
+    y = list(range(len(shown)))[::-1]
+    ax.barh(y, values, color=[colours.get(r.group, "#2ca02c") for r in shown])
+    ax.set_yticks(y, labels, fontsize=8)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi, f" {v:,.0f}", va="center", fontsize=7)
+    ax.set_xlabel("samples/s (median; higher is better)")
+    ax.set_title(title, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, ["shardcache", "limit or reference", "alternative"], loc="lower right", fontsize=8)
+    ax.set_xlim(0, max(values, default=1.0) * 1.18)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

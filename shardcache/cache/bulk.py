@@ -1,0 +1,128 @@
+"""GET of large values straight into an Arrow buffer: the read path's one copy.
+
+redis-py hands a bulk reply through hiredis's growing buffer and then into a new
+``bytes`` object, so every MiB read is copied three times or more under the GIL; on
+this kind of machine that halves what four reader threads get (see
+benchmarks/store_throughput.py). Here the reply's header is parsed by hand and the
+payload is received with ``recv_into`` into a buffer from Arrow's memory pool, which
+is reused from call to call and is never zero-filled: one copy, kernel to user.
+
+Only the plain case is handled: a bulk string (``$len``) or a null (``$-1``, or ``_`` in
+RESP3, which redis-py 8 speaks by default). Anything
+else (``MOVED``, ``ASK``, ``WRONGTYPE``, a RESP3 push) raises :class:`NotBulk` once the
+reply line has been consumed, or drops the connection when it cannot be, and the
+caller repeats the GET through redis-py, which handles redirects and errors. The
+connection comes from, and goes back to, redis-py's own pool for the node.
+
+>>> buf = read_bulk(client, "sc:s:ds:v1:0", cluster=True)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pyarrow as pa
+import redis.exceptions as rex
+
+__all__ = ["NotBulk", "read_bulk"]
+
+_CRLF = b"\r\n"
+_ONE_LINE = frozenset(b"-+:")  # error, simple string, integer: fully read once the line is
+_HEADER_MAX = 64 * 1024  # an error line longer than this is not worth parsing: drop the connection
+_BULK_MAX = 1 << 32  # Redis refuses values above 512 MiB (proto-max-bulk-len) unless configured otherwise
+
+
+class NotBulk(Exception):
+    """The reply was not a bulk string; repeat the command through redis-py."""
+
+
+def read_bulk(client: Any, key: str, *, cluster: bool) -> pa.Buffer | None:
+    """``GET key`` on the node that serves it; the value as a ``pyarrow.Buffer``, None if absent.
+
+    Raises NotBulk for any other reply, redis ``ConnectionError``/``TimeoutError`` when the
+    socket fails (the connection is then dropped), and whatever the pool raises.
+    """
+    if cluster:
+        node = client.get_node_from_key(key)
+        pool = client.get_redis_connection(node).connection_pool
+    else:
+        pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        return _exchange(conn, key)
+    finally:
+        pool.release(conn)
+
+
+def _exchange(conn: Any, key: str) -> pa.Buffer | None:
+    conn.send_command("GET", key)
+    sock = conn._sock  # private, but the only way around the parser; None means not connected
+    if sock is None:
+        raise NotBulk("not connected")
+    try:
+        head = bytearray(256)
+        filled, end = _read_line(sock, head)
+        if end < 0:  # a line we could not read to its end: the stream is out of step
+            conn.disconnect()
+            raise NotBulk("an overlong reply line")
+        if head[0] == ord("_") and end == 1:  # RESP3's null (redis-py 8 speaks RESP3 by default)
+            return None
+        if head[0] != ord("$"):
+            if head[0] not in _ONE_LINE:  # e.g. a multi-line RESP3 reply we did not consume
+                conn.disconnect()
+            raise NotBulk(bytes(head[:end][:200]).decode(errors="replace"))
+        length = int(head[1:end])
+        if length < 0:
+            return None
+        if length > _BULK_MAX:
+            conn.disconnect()
+            raise NotBulk(f"a bulk reply of {length} bytes")
+        total = length + 2
+        got = filled - end - 2
+        if got > total:  # more than one reply arrived: the stream is out of step
+            conn.disconnect()
+            raise NotBulk("bytes after a bulk reply")
+        buf = pa.allocate_buffer(total)
+        view = memoryview(buf).cast("B")
+        view[:got] = head[end + 2 : filled]
+        while got < total:
+            n = sock.recv_into(view[got:])
+            if n == 0:
+                raise OSError("the server closed the connection")
+            got += n
+        if view[length:total] != _CRLF:
+            conn.disconnect()
+            raise NotBulk("a bulk reply without its trailing CRLF")
+        return buf.slice(0, length)
+    except TimeoutError:  # socket.timeout
+        conn.disconnect()
+        raise rex.TimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
+    except (OSError, ValueError) as exc:
+        conn.disconnect()
+        raise rex.ConnectionError(f"Error while reading from {conn.host}:{conn.port}: {exc}") from None
+
+
+def _read_line(sock: socket.socket, head: bytearray) -> tuple[int, int]:
+    """Receive until ``head`` holds a CRLF; return (bytes received, index of CRLF or -1).
+
+    Reads at most what fits in ``head`` (growing it up to _HEADER_MAX for long error lines);
+    the bytes after the CRLF are the start of the payload.
+    """
+    filled = 0
+    while True:
+        if filled == len(head):
+            if len(head) >= _HEADER_MAX:
+                return filled, -1
+            head.extend(bytes(len(head)))
+        n = sock.recv_into(memoryview(head)[filled:])
+        if n == 0:
+            raise OSError("the server closed the connection")
+        start = max(filled - 1, 0)
+        filled += n
+        end = head.find(_CRLF, start, filled)
+        if end >= 0:
+            if head[0] != ord("$") and end + 2 != filled:
+                # Bytes after a one-line reply: not ours to leave in the socket's stead.
+                return filled, -1
+            return filled, end

@@ -1,0 +1,314 @@
+"""CachedDataset: an IterableDataset of whole batches, streamed from the shards of a cached dataset.
+
+>>> ds = CachedDataset("imagenet-train", cache="redis://127.0.0.1:7000", batch_size=256)   # doctest: +SKIP
+>>> for batch in ds:                                                                       # doctest: +SKIP
+...     images, labels = batch["image"], batch["label"]
+
+Usually wrapped in :class:`~shardcache.dataloader.CachedDataLoader`, which adds workers in plan order,
+``state_dict`` and stats. On its own (or in a plain ``DataLoader(ds, batch_size=None)``) it yields the
+same batches; with workers a plain DataLoader interleaves them in another order.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..cache import Manifest, ShardCache, connect
+from ..errors import CacheUnavailable, ConfigError
+from .checks import check_bool, check_callable, check_int, check_seconds, check_size
+from .plan import EpochPlan, PlanSegment
+from .shuffle import default_window
+from .spec import IterSpec, SharedSpec
+from .tensors import column_specs
+from .worker import iterate_batches
+
+__all__ = ["CachedDataset"]
+
+MIN_READAHEAD = 32 * 1024 * 1024
+
+
+class CachedDataset(IterableDataset[Any]):
+    """The batches of one rank of a cached dataset version, for one epoch at a time.
+
+    Args:
+        name: the dataset's name in the cache.
+        cache: a :class:`~shardcache.ShardCache` or its URL (default: ``SHARDCACHE_REDIS_URL``).
+        version: the version to read (default: the newest, complete or still loading).
+        columns: the columns to read (default: all).
+        shuffle: shuffle shards, rows, and across shards within a window (see ``plan.py``); False reads
+            each rank's contiguous slice in source order.
+        seed: the seed of the shuffle; ``set_epoch`` changes the order from epoch to epoch.
+        rank, world_size: this rank and the number of ranks; default to ``torch.distributed`` when it
+            is initialised, else 0 and 1. Pass both or neither.
+        transform: called in the worker on each batch dict (column -> tensor or list); returns the
+            batch to deliver (e.g. decodes images). It must be picklable for spawned workers.
+        read_through: rebuild shards the cache cannot serve from the source (else raise ShardMissing).
+        prefetch_transform: the transform the prefetch applied (``RecordBatch -> RecordBatch``), needed
+            to rebuild shards of a transformed dataset; checked against the manifest's transform id.
+        write_back: write rebuilt shards back into the cache.
+        batch_size, drop_last: set by CachedDataLoader; give them to iterate the dataset directly.
+        window: samples per cross-shard shuffle window (default: four shards' worth, rounded up to a
+            multiple of the batch size so that windows start on batch boundaries).
+        readahead: bytes of shards each worker may hold, loaded or loading (default: two windows'
+            worth, at least 32 MiB); shards the current batch needs are always let through.
+        read_threads: shards each worker loads at the same time.
+        lease_ttl: seconds a reader's lease outlives a reader that died; renewed while iterating.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cache: ShardCache | str | None = None,
+        version: str | None = None,
+        columns: Sequence[str] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        read_through: bool = True,
+        prefetch_transform: Callable[[Any], Any] | None = None,
+        write_back: bool = True,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        window: int | None = None,
+        readahead: int | str | None = None,
+        read_threads: int = 2,
+        lease_ttl: float | str = 60.0,
+    ) -> None:
+        super().__init__()
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.seed = check_int("seed", seed, minimum=0, fix="pass an integer >= 0")
+        self._rank_arg, self._world_size_arg = _check_ranks(rank, world_size)
+        self.transform = check_callable("transform", transform, what="a function of the batch dict")
+        self.read_through = check_bool("read_through", read_through)
+        self.prefetch_transform = check_callable(
+            "prefetch_transform", prefetch_transform, what="the prefetch's RecordBatch -> RecordBatch function"
+        )
+        self.write_back = check_bool("write_back", write_back)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1, fix="pass at least 1", optional=True)
+        self.drop_last = check_bool("drop_last", drop_last)
+        self._window_arg = check_int("window", window, minimum=1, fix="pass samples >= 1, or None", optional=True)
+        self._readahead_arg = check_size("readahead", readahead)
+        self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1")
+        self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
+        if isinstance(cache, ShardCache):
+            self.cache = cache
+        elif cache is None or isinstance(cache, str):
+            self.cache = connect(cache)
+        else:
+            raise ConfigError(f"cache={cache!r} is invalid: pass a ShardCache or a redis:// URL")
+        self.manifest = self.cache.manifest(name, version)
+        self.name = name
+        self.version = self.manifest.version
+        self.column_specs = column_specs(self.manifest.schema, columns)
+        self.rows = tuple(s.rows for s in self.manifest.shards)
+        if not sum(self.rows):
+            raise ConfigError(f"dataset {name!r} version {self.version} has no rows; prefetch a non-empty source")
+        if self.prefetch_transform is not None:
+            _check_prefetch_transform(self.prefetch_transform, self.manifest)
+        self._epoch = 0
+        self._shared = SharedSpec()
+        self._active: IterSpec | None = None
+        self._plans: dict[tuple[Any, ...], EpochPlan] = {}
+        self._batch_size_given = self.batch_size is not None
+        self._owner: weakref.ref[Any] | None = None
+        if self.batch_size is not None:
+            self._shared.publish(self.spec())
+
+    def __repr__(self) -> str:
+        return f"CachedDataset({self.name!r}, version={self.version!r}, cache={self.cache!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_plans"] = {}  # rebuilt on the other side rather than pickled
+        state["_owner"] = None  # a weak reference does not pickle; the copy belongs to no loader
+        return state
+
+    # -- what to read ----------------------------------------------------------------
+
+    @property
+    def columns(self) -> list[str]:
+        return [s.name for s in self.column_specs]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read epoch ``epoch`` next (another order of the same samples)."""
+        self._epoch = check_int("epoch", epoch, minimum=0, fix="pass an integer >= 0")
+        if self.batch_size is not None and self._owner is None:  # a loader publishes its own spec
+            self._shared.publish(self.spec())
+
+    def ranks(self) -> tuple[int, int]:
+        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
+        if self._rank_arg is not None and self._world_size_arg is not None:
+            return self._rank_arg, self._world_size_arg
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def window_for(self, batch_size: int) -> int:
+        """The shuffle window used with ``batch_size`` (see the class docstring)."""
+        if self._window_arg is not None:
+            return self._window_arg
+        return math.ceil(default_window(self.rows) / batch_size) * batch_size
+
+    def spec(
+        self,
+        *,
+        epoch: int | None = None,
+        history: Sequence[PlanSegment] = (),
+        start: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool | None = None,
+        window: int | None = None,
+        tagged: bool = False,
+        lease: bool = True,
+        chunked: bool = False,
+    ) -> IterSpec:
+        """The :class:`IterSpec` of an iteration; defaults come from this dataset."""
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if batch_size is None:
+            raise ConfigError(
+                f"dataset {self.name!r} has no batch size: wrap it in CachedDataLoader(ds, batch_size=...) "
+                "or pass batch_size= to CachedDataset"
+            )
+        window = self.window_for(batch_size) if window is None else window
+        rank, world_size = self.ranks()
+        return IterSpec(
+            epoch=self._epoch if epoch is None else epoch,
+            history=tuple(history),
+            start=start,
+            rank=rank,
+            world_size=world_size,
+            batch_size=batch_size,
+            drop_last=self.drop_last if drop_last is None else drop_last,
+            window=window,
+            # One window of batches per worker keeps each worker on its own shards. Without the
+            # loader to restore the order, workers take turns batch by batch (plain DataLoader order).
+            chunk=max(1, window // batch_size) if chunked else 1,
+            tagged=tagged,
+            lease=lease,
+        )
+
+    def plan(self, spec: IterSpec) -> EpochPlan:
+        """The epoch plan of ``spec`` for its rank (the last few are kept)."""
+        key = (spec.epoch, spec.history, spec.rank, spec.world_size, spec.batch_size, spec.drop_last, spec.window)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = EpochPlan.build(
+                rows=self.rows, seed=self.seed, epoch=spec.epoch, shuffle=self.shuffle, window=spec.window,
+                world_size=spec.world_size, rank=spec.rank, batch_size=spec.batch_size,
+                drop_last=spec.drop_last, history=spec.history,
+            )  # fmt: skip
+            if len(self._plans) >= 4:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        return plan
+
+    def __len__(self) -> int:
+        """Batches this rank yields in an epoch (the same on every rank)."""
+        return self.plan(self.spec()).num_batches
+
+    # -- reading ------------------------------------------------------------------------
+
+    @property
+    def shard_nbytes(self) -> list[int]:
+        """Bytes of each shard: as recorded, or the mean of the recorded ones for shards not cached yet."""
+        recorded = [s.nbytes for s in self.manifest.shards if s.cached]
+        mean = int(np.mean(recorded)) if recorded else 1 << 20
+        return [s.nbytes if s.cached else mean for s in self.manifest.shards]
+
+    @property
+    def readahead_bytes(self) -> int:
+        if self._readahead_arg is not None:
+            return self._readahead_arg
+        sizes = self.shard_nbytes
+        window_shards = math.ceil(default_window(self.rows) / max(1.0, sum(self.rows) / len(self.rows)))
+        return max(MIN_READAHEAD, 2 * (window_shards + 1) * int(np.mean(sizes)))
+
+    def refresh(self) -> None:
+        """Re-read a still-loading manifest, so that shards written since are read from the cache."""
+        if self.manifest.state != "loading":
+            return
+        try:
+            manifest = self.cache.manifest(self.name, self.version)
+        except CacheUnavailable:
+            return  # shards are read through; each one is looked up again when it is read
+        if tuple(s.rows for s in manifest.shards) != self.rows:
+            raise ConfigError(
+                f"the shard table of {self.name!r} version {self.version} changed while loading; "
+                "build the dataset again"
+            )
+        self.manifest = manifest
+
+    def bind(self, *, batch_size: int, drop_last: bool, owner: object) -> None:
+        """Give the dataset to one CachedDataLoader, which then decides what each iteration reads."""
+        bound = self._owner() if self._owner is not None else None
+        if bound is not None and bound is not owner:
+            raise ConfigError(
+                f"dataset {self.name!r} already feeds another CachedDataLoader; build one CachedDataset per loader"
+            )
+        if self._batch_size_given and batch_size != self.batch_size:
+            raise ConfigError(
+                f"batch_size={batch_size} differs from the dataset's batch_size={self.batch_size}; "
+                "give the batch size to one of them"
+            )
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self._owner = weakref.ref(owner)
+
+    def activate(self, spec: IterSpec | None) -> None:
+        """Read ``spec`` in the next iteration: in workers (shared memory) and, until the iteration has
+        started, in this process. ``None`` forgets it here; workers keep it until the next one."""
+        self._active = spec
+        if spec is not None:
+            self._shared.publish(spec)
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        if info is None:
+            spec = self._active if self._active is not None else self.spec()
+            return iterate_batches(self, spec, worker=0, num_workers=1)
+        shared = self._shared.read()
+        if shared is None:
+            raise ConfigError(
+                f"dataset {self.name!r} has no batch size: wrap it in CachedDataLoader(ds, batch_size=...) "
+                "or pass batch_size= to CachedDataset"
+            )
+        return iterate_batches(self, shared, worker=info.id, num_workers=info.num_workers)
+
+
+def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | None]:
+    if (rank is None) != (world_size is None):
+        raise ConfigError(
+            f"rank={rank!r}, world_size={world_size!r}: pass both, or neither to use torch.distributed"
+        )
+    if rank is None:
+        return None, None
+    world = check_int("world_size", world_size, minimum=1, fix="pass the number of ranks, at least 1")
+    r = check_int("rank", rank, minimum=0, fix="pass 0 <= rank < world_size")
+    if r >= world:
+        raise ConfigError(f"rank={r} is invalid for world_size={world}: pass 0 <= rank < world_size")
+    return r, world
+
+
+def _check_prefetch_transform(transform: Callable[[Any], Any], manifest: Manifest) -> None:
+    from ..prefetcher.transform import transform_id
+
+    given = transform_id(transform)
+    if given != manifest.transform_id:
+        raise ConfigError(
+            f"prefetch_transform={given!r} is not the transform {manifest.transform_id!r} that "
+            f"{manifest.name!r} version {manifest.version} was prefetched with; pass that one "
+            "(read-through rebuilds shards with it)"
+        )

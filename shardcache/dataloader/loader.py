@@ -1,0 +1,329 @@
+"""CachedDataLoader: a drop-in ``torch.utils.data.DataLoader`` over a cached dataset.
+
+>>> loader = CachedDataLoader("imagenet-train", cache="redis://127.0.0.1:7000", batch_size=256,
+...                           num_workers=4, pin_memory=True, persistent_workers=True)   # doctest: +SKIP
+>>> for epoch in range(epochs):                                                          # doctest: +SKIP
+...     loader.set_epoch(epoch)
+...     for batch in loader:
+...         ...
+
+Batches are built whole inside the workers (the DataLoader runs with automatic batching off), each
+worker builds one shuffle window's worth of consecutive batches at a time, and the main process puts
+them back in plan order: the order depends on ``(seed, epoch)`` only, never on the number of workers.
+The main process counts what it delivered, so ``state_dict()`` can be taken after any batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError
+from .checks import check_bool, check_callable, check_int
+from .dataset import CachedDataset
+from .device import DevicePrefetcher
+from .plan import PlanSegment, resume_point
+from .spec import IterSpec
+from .state import LoaderState, merge_rank_states, rows_digest
+from .stats import LoaderStats
+from .worker import TaggedBatch, drop_lease, raise_error, take_lease
+
+__all__ = ["CachedDataLoader"]
+
+log = logging.getLogger(__name__)
+
+# DataLoader arguments that make no sense here: the dataset plans, shuffles and batches itself.
+_REFUSED = {
+    "sampler": "the dataset plans its own batches; drop sampler=",
+    "batch_sampler": "the dataset plans its own batches; pass batch_size= instead",
+    "generator": "the order comes from seed= and set_epoch(); drop generator=",
+    "in_order": "batches always come in plan order; drop in_order=",
+}
+
+
+class _Run(NamedTuple):
+    spec: IterSpec
+    num_batches: int
+
+
+class _Collate:
+    """Applies the user's ``collate_fn`` to the batch inside a TaggedBatch, in the worker."""
+
+    def __init__(self, fn: Callable[[Any], Any] | None) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> Any:
+        if self.fn is None or not isinstance(item, TaggedBatch) or item.error is not None:
+            return item
+        return item._replace(batch=self.fn(item.batch))
+
+
+class CachedDataLoader(DataLoader):
+    """A DataLoader of whole batches of a cached dataset, exactly once per epoch across ranks.
+
+    Args:
+        dataset: a :class:`CachedDataset`, or a dataset name (then ``cache`` and ``dataset_options``,
+            e.g. ``columns=``, ``seed=``, ``transform=``, build it).
+        batch_size, drop_last: as in PyTorch; every rank yields the same number of batches.
+        collate_fn: called in the worker on each batch dict (after the dataset's ``transform``).
+        device: when given, batches arrive on this device; on CUDA the next one is copied on a side
+            stream while the current one computes (use with ``pin_memory=True``).
+        num_workers, pin_memory, timeout, worker_init_fn, multiprocessing_context, prefetch_factor,
+        persistent_workers, pin_memory_device: as in PyTorch.
+    """
+
+    def __init__(
+        self,
+        dataset: CachedDataset | str,
+        *,
+        cache: Any = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
+        multiprocessing_context: Any = None,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        device: torch.device | str | None = None,
+        **dataset_options: Any,
+    ) -> None:
+        for name, fix in _REFUSED.items():
+            if name in dataset_options:
+                raise ConfigError(f"{name}={dataset_options[name]!r} is not supported: {fix}")
+        batch_size = check_int("batch_size", batch_size, minimum=1, fix="pass a batch size of at least 1")
+        drop_last = check_bool("drop_last", drop_last)
+        check_callable("collate_fn", collate_fn, what="a function of the batch dict")
+        if isinstance(dataset, CachedDataset):
+            if cache is not None or dataset_options:
+                given = ["cache"] * (cache is not None) + sorted(dataset_options)
+                raise ConfigError(
+                    f"{', '.join(given)} given with a CachedDataset: pass them to CachedDataset, "
+                    "or pass the dataset's name instead"
+                )
+        elif isinstance(dataset, str):
+            try:
+                dataset = CachedDataset(dataset, cache=cache, **dataset_options)
+            except TypeError as exc:
+                raise ConfigError(f"unknown CachedDataLoader or CachedDataset argument: {exc}") from None
+        else:
+            raise ConfigError(f"dataset={dataset!r} is invalid: pass a CachedDataset or a dataset name")
+        dataset.bind(batch_size=batch_size, drop_last=drop_last, owner=self)
+        super().__init__(
+            dataset,
+            batch_size=None,  # the dataset yields whole batches
+            num_workers=num_workers,
+            collate_fn=_Collate(collate_fn),
+            pin_memory=pin_memory,
+            timeout=timeout,
+            worker_init_fn=worker_init_fn,
+            multiprocessing_context=multiprocessing_context,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device,
+        )
+        # DataLoader freezes these after __init__; report the real values rather than None/False.
+        object.__setattr__(self, "batch_size", batch_size)
+        object.__setattr__(self, "drop_last", drop_last)
+        self.device = None if device is None else torch.device(device)
+        self._epoch = dataset.epoch
+        self._history: tuple[PlanSegment, ...] = ()
+        self._window: int | None = None  # set by a loaded state; else the dataset's default
+        self._resume: int | None = None  # the first batch of the next iteration, after load_state_dict
+        self._consumed = 0  # batches of the current layout this rank has delivered in this epoch
+        self._totals = LoaderStats().as_counters()  # summed per batch on the hot path; stats() snapshots
+
+    @property
+    def cached_dataset(self) -> CachedDataset:
+        return self.dataset  # type: ignore[return-value]
+
+    # -- epochs and length ---------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read epoch ``epoch`` next. The same epoch keeps a position loaded by ``load_state_dict``."""
+        epoch = check_int("epoch", epoch, minimum=0, fix="pass an integer >= 0")
+        if epoch != self._epoch:
+            self._epoch, self._history, self._window, self._resume, self._consumed = epoch, (), None, None, 0
+        self.cached_dataset.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _next_run(self) -> _Run:
+        spec = self.cached_dataset.spec(
+            epoch=self._epoch, history=self._history, start=self._resume or 0, batch_size=self.batch_size,
+            drop_last=self.drop_last, window=self._window, tagged=True, lease=False, chunked=True,
+        )  # fmt: skip
+        return _Run(spec, self.cached_dataset.plan(spec).num_batches)
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields on this rank (all of the epoch, or what a resume left)."""
+        run = self._next_run()
+        return run.num_batches - run.spec.start
+
+    # -- iteration ----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        ds = self.cached_dataset
+        ds.refresh()
+        run = self._next_run()
+        lease = take_lease(ds)  # first: a refused lease (AccessDenied) keeps a loaded resume point
+        self._resume = None
+        self._consumed = run.spec.start
+        ds.activate(run.spec)
+        mark = time.perf_counter()
+        source: Any = None
+        ordered: Any = None
+        try:
+            try:
+                source = super().__iter__()
+            finally:
+                ds.activate(None)
+            ordered = self._in_order(source, run)
+            if self.device is not None:
+                ordered = iter(DevicePrefetcher(ordered, self.device))
+            while True:
+                asked = time.perf_counter()
+                try:
+                    index, samples, batch = next(ordered)
+                except StopIteration:
+                    break
+                now = time.perf_counter()
+                totals = self._totals
+                totals["wait_seconds"] += now - asked
+                totals["elapsed_seconds"] += now - mark
+                totals["batches"] += 1
+                totals["samples"] += samples
+                mark = now
+                self._consumed = index + 1
+                yield batch
+        finally:
+            source = ordered = None  # see _in_order: the workers stop now, not with a traceback
+            drop_lease(lease, ds.name)
+
+    def _in_order(self, source: Any, run: _Run) -> Iterator[tuple[int, int, Any]]:
+        pending: dict[int, TaggedBatch] = {}
+        expected = run.spec.start
+        for item in source:
+            if item.error is not None:
+                # A traceback keeps the frames' locals: drop the DataLoader iterator first, so that its
+                # workers shut down now rather than when the exception is garbage.
+                source = None
+                raise_error(item.error)
+            for name, value in item.counters.items():
+                self._totals[name] += value
+            pending[item.number] = item
+            while expected in pending:
+                ready = pending.pop(expected)
+                yield expected, ready.samples, ready.batch
+                expected += 1
+        if expected != run.num_batches:
+            raise RuntimeError(
+                f"the workers stopped after batch {expected} of {run.num_batches} (holding {sorted(pending)}); "
+                "this is a bug in shardcache, please report it"
+            )
+
+    # -- stats --------------------------------------------------------------------------
+
+    def stats(self) -> LoaderStats:
+        """Hits, misses, read-throughs, bytes and waiting time, summed over workers and iterations."""
+        return LoaderStats(**self._totals)  # type: ignore[arg-type]
+
+    def reset_stats(self) -> None:
+        self._totals = LoaderStats().as_counters()
+
+    # -- state --------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        ds = self.cached_dataset
+        return {"dataset": ds.name, "version": ds.version, "seed": ds.seed, "shuffle": ds.shuffle,
+                "rows": rows_digest(ds.rows)}  # fmt: skip
+
+    def _collective(self) -> bool:
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        return self.cached_dataset.ranks() == (dist.get_rank(), dist.get_world_size())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this epoch stands. Under ``torch.distributed`` a collective: every rank must call it, and
+        each gets the global state. Otherwise this rank's state (``load_state_dict`` also takes the list of
+        every rank's states)."""
+        run = self._next_run()
+        rank, world_size = self.cached_dataset.ranks()
+        local = LoaderState(
+            identity=self._identity(), window=run.spec.window, epoch=self._epoch, history=self._history,
+            world_size=world_size, batch_size=self.batch_size, drop_last=self.drop_last,  # type: ignore[arg-type]
+            rank=rank, consumed=(self._consumed,),
+        )  # fmt: skip
+        if not self._collective():
+            return local.to_dict()
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, local.to_dict())
+        states = [LoaderState.from_dict(s, identity=local.identity) for s in gathered]
+        return merge_rank_states(states).to_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Resume where ``state`` stopped: on the same layout each rank continues its own batches; on another
+        world size, batch size or drop_last, the samples not yet delivered in that epoch are re-planned
+        across the new ranks, exactly once and with equal batch counts."""
+        identity = self._identity()
+        if isinstance(state, (list, tuple)):
+            parsed = merge_rank_states([LoaderState.from_dict(s, identity=identity) for s in state])
+        else:
+            parsed = LoaderState.from_dict(state, identity=identity)
+        ds = self.cached_dataset
+        window_arg = ds.window_for(self.batch_size) if ds._window_arg is not None else None  # type: ignore[arg-type]
+        if window_arg is not None and window_arg != parsed.window:
+            raise ConfigError(
+                f"the state dict was saved with window={parsed.window}, this dataset has window={window_arg}: "
+                "build the dataset with the same window (or window=None)"
+            )
+        rank, world_size = ds.ranks()
+        layout = (world_size, self.batch_size, self.drop_last)
+        saved = (parsed.world_size, parsed.batch_size, parsed.drop_last)
+        if parsed.rank is not None:
+            if saved != layout or parsed.rank != rank:
+                raise ConfigError(
+                    f"this state is rank {parsed.rank}'s of world_size={parsed.world_size}, batch_size="
+                    f"{parsed.batch_size}, drop_last={parsed.drop_last}; this loader is rank {rank} of "
+                    f"world_size={world_size}, batch_size={self.batch_size}, drop_last={self.drop_last}. "
+                    "To resume on another layout pass the global state (state_dict() under torch.distributed) "
+                    "or the list of every rank's state"
+                )
+            history, start = parsed.history, parsed.consumed[0]
+        elif saved == layout and len(set(parsed.consumed)) > 1:
+            # Ranks that stopped at different batches would end unevenly: re-plan what is left instead.
+            history, start = (*parsed.history, parsed.segment), 0
+        else:
+            history, starts = resume_point(
+                history=parsed.history, current=parsed.segment, world_size=world_size,
+                batch_size=self.batch_size, drop_last=self.drop_last,  # type: ignore[arg-type]
+            )  # fmt: skip
+            start = starts[rank]
+        spec = ds.spec(
+            epoch=parsed.epoch, history=history, start=start, batch_size=self.batch_size,
+            drop_last=self.drop_last, window=parsed.window,
+        )  # fmt: skip
+        num_batches = ds.plan(spec).num_batches  # raises ConfigError for a history of another dataset
+        if start > num_batches:
+            raise ConfigError(
+                f"the state dict says {start} batches were delivered, but this epoch has {num_batches}: "
+                "it belongs to another dataset version, seed or layout"
+            )
+        self._epoch, self._history, self._window, self._resume, self._consumed = (
+            parsed.epoch, history, parsed.window, start, start,
+        )  # fmt: skip
+        ds.set_epoch(parsed.epoch)

@@ -1,0 +1,130 @@
+"""One shard for the loader: from the cache, or rebuilt from its source (read-through).
+
+A shard that the cache cannot serve (missing: evicted, lost with a node, or never cached under
+``allow_partial``; not written yet because the prefetch still runs; corrupt; or the cache unreachable
+past its retry deadline) is rebuilt from its source segments with
+:func:`shardcache.prefetcher.read_source_shard`: the same rows in the same order. When the rebuilt
+payload is byte-identical to what the manifest records (or the version is still loading), it is
+written back so the next reader hits. ``read_through=False`` raises instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from ..cache import Manifest, ShardCache, checksum, decode_payload
+from ..errors import CacheUnavailable, ShardCacheError, ShardCorrupted, ShardMissing, SourceError
+from .stats import Counters
+
+__all__ = ["ShardSource"]
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[pa.RecordBatch], Any]
+
+
+class ShardSource:
+    """Loads shards of ``manifest`` as Arrow tables, counting into ``counters``."""
+
+    def __init__(
+        self,
+        *,
+        cache: ShardCache,
+        manifest: Manifest,
+        counters: Counters,
+        read_through: bool,
+        write_back: bool,
+        prefetch_transform: Transform | None,
+    ) -> None:
+        self.cache = cache
+        self.manifest = manifest
+        self.counters = counters
+        self.read_through = read_through
+        self.write_back = write_back
+        self.prefetch_transform = prefetch_transform
+        self._removed = False
+
+    def load(self, index: int) -> pa.Table:
+        """Shard ``index``: from the cache if it serves it, else rebuilt from the source."""
+        manifest = self.manifest
+        try:
+            payload = self.cache.get_payload(manifest, index)
+            table = decode_payload(
+                payload, schema=manifest.schema, dataset=manifest.name, version=manifest.version,
+                shard=index, max_rows=manifest.shards[index].rows,
+            )  # fmt: skip
+        except (ShardMissing, ShardCorrupted, CacheUnavailable) as exc:
+            self.counters.add(misses=1, corrupted=int(isinstance(exc, ShardCorrupted)))
+            if not self.read_through:
+                raise self._refusal(index, exc) from None
+            log.debug("reading shard %d of %r through from the source: %s", index, manifest.name, exc)
+            return self._rebuild(index, writable=not isinstance(exc, CacheUnavailable))
+        self.counters.add(hits=1, bytes_read=payload.size)
+        return table
+
+    def _refusal(self, index: int, exc: ShardCacheError) -> ShardCacheError:
+        if isinstance(exc, ShardMissing):
+            return ShardMissing(
+                f"{exc}; read_through=False, so the loader stops here: re-run the prefetch, or pass "
+                "read_through=True to rebuild missing shards from the source",
+                dataset=exc.dataset, version=exc.version, shard=exc.shard,
+            )  # fmt: skip
+        return exc
+
+    def _rebuild(self, index: int, *, writable: bool) -> pa.Table:
+        from ..prefetcher.rebuild import read_source_shard  # the prefetcher's readers load lazily
+
+        manifest = self.manifest
+        table = read_source_shard(manifest, index, transform=self.prefetch_transform)
+        expected = manifest.shards[index].rows
+        if table.num_rows != expected:
+            raise SourceError(
+                f"shard {index} of {manifest.name!r} rebuilt from its source has {table.num_rows} rows, the "
+                f"manifest says {expected}: the source changed since the prefetch; prefetch it again",
+                uri=manifest.shards[index].source[0].uri if manifest.shards[index].source else None,
+            )
+        self.counters.add(read_throughs=1, source_rows=table.num_rows)
+        if self.write_back and writable:
+            self._write_back(index, table)
+        return table
+
+    def _write_back(self, index: int, table: pa.Table) -> None:
+        from ..prefetcher.rebuild import encode_shard  # the prefetch's encoder: the same bytes, written once
+
+        manifest = self.manifest
+        shard = manifest.shards[index]
+        payload = encode_shard(table, compression=manifest.compression)
+        chunks = -(-payload.size // self.cache.chunk_size) or 1
+        if manifest.state == "complete":
+            # Readers of a complete version trust its manifest: only bytes that match it may go back.
+            if not shard.cached:
+                return  # never cached (allow_partial): the manifest would not point readers at it
+            if (payload.size, chunks) != (shard.nbytes, shard.chunks) or checksum(payload) != shard.checksum:
+                log.warning(
+                    "shard %d of %r rebuilt from its source differs byte-wise from the prefetched one; "
+                    "not written back (re-run the prefetch to refresh it)", index, manifest.name,
+                )  # fmt: skip
+                return
+        try:
+            if not self._version_present():
+                return
+            self.cache.put_shard(manifest, index, payload)
+        except ShardCacheError as exc:  # the batch is built anyway; the next reader reads through again
+            log.warning("could not write shard %d of %r back to the cache: %s", index, manifest.name, exc)
+            return
+        self.counters.add(written_back=1)
+
+    def _version_present(self) -> bool:
+        """Whether the version's manifest is still in Redis. A version removed mid-epoch (``rm --force``)
+        stays removed: shards written back for it would be orphans that nothing ever deletes."""
+        if not self._removed:
+            key = self.cache.keys.manifest(self.manifest.name, self.manifest.version)
+            self._removed = not self.cache.call("EXISTS", key)
+            if self._removed:
+                log.info("%r version %s was removed: rebuilt shards are not written back",
+                         self.manifest.name, self.manifest.version)
+        return not self._removed

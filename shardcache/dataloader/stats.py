@@ -1,0 +1,99 @@
+"""Counters of the loader: cache hits and misses, read-throughs, bytes, and time spent waiting.
+
+Workers count into a :class:`Counters` and send the deltas along with each batch; the main process
+sums them into :class:`LoaderStats`, which ``CachedDataLoader.stats()`` returns.
+
+>>> s = LoaderStats(hits=3, misses=1, wait_seconds=1.0, elapsed_seconds=4.0)
+>>> s.hit_ratio, s.wait_fraction
+(0.75, 0.25)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["Counters", "LoaderStats"]
+
+
+@dataclass(frozen=True)
+class LoaderStats:
+    """What a loader did, summed over its workers (a snapshot).
+
+    Attributes:
+        batches, samples: delivered to the training loop.
+        hits: shards read from the cache and verified.
+        misses: shards the cache could not serve (missing, never cached, corrupt or unreachable).
+        corrupted: the part of ``misses`` that failed the checksum or could not be decoded.
+        read_throughs: shards rebuilt from the source.
+        written_back: rebuilt shards written back into the cache.
+        bytes_read: payload bytes read from the cache.
+        source_rows: rows read from the source by read-throughs.
+        wait_seconds: time the training loop spent waiting for the next batch.
+        worker_wait_seconds: time the workers spent waiting for shards (summed over workers).
+        elapsed_seconds: wall time from the start of each iteration to its last batch, summed.
+    """
+
+    batches: int = 0
+    samples: int = 0
+    hits: int = 0
+    misses: int = 0
+    corrupted: int = 0
+    read_throughs: int = 0
+    written_back: int = 0
+    bytes_read: int = 0
+    source_rows: int = 0
+    wait_seconds: float = 0.0
+    worker_wait_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+
+    @property
+    def hit_ratio(self) -> float:
+        """``hits / (hits + misses)``; 0.0 before any shard was read."""
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        """The fraction of the iteration time the training loop waited for data."""
+        return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def plus(self, deltas: dict[str, float]) -> LoaderStats:
+        """These stats with ``deltas`` (field name -> amount) added."""
+        return replace(self, **{k: getattr(self, k) + v for k, v in deltas.items()})
+
+    def as_counters(self) -> dict[str, float]:
+        """The fields alone, to add to (see :meth:`plus`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def as_dict(self) -> dict[str, float]:
+        out = self.as_counters()
+        out.update(hit_ratio=self.hit_ratio, wait_fraction=self.wait_fraction)
+        return out
+
+
+_FIELDS = frozenset(f.name for f in fields(LoaderStats))
+
+
+class Counters:
+    """Thread-safe counters of one worker; :meth:`take` returns what was added since the last take."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, float] = {}
+
+    def add(self, **deltas: float) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                if name not in _FIELDS:
+                    raise KeyError(f"unknown counter {name!r}")
+                self._pending[name] = self._pending.get(name, 0) + delta
+
+    def take(self) -> dict[str, float]:
+        with self._lock:
+            out, self._pending = self._pending, {}
+        return out

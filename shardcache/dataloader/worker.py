@@ -1,0 +1,187 @@
+"""The batches one worker builds: its share of the rank's plan, read ahead, gathered at Arrow level.
+
+Batches are cut into chunks of ``spec.chunk`` consecutive batches (one shuffle window's worth), and
+chunk ``c`` goes to worker ``c % num_workers``. Every batch of a window mixes the same few shards, so
+a worker reads the shards of its own windows instead of every worker reading every shard; the
+CachedDataLoader puts the batches back in plan order, which therefore does not depend on the number
+of workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from torch.utils.data import get_worker_info
+
+from ..cache import Lease
+from ..errors import AccessDenied, CacheUnavailable, ShardCacheError
+from .plan import EpochPlan
+from .readahead import Need, ReadAhead
+from .shuffle import row_offsets
+from .source import ShardSource
+from .spec import IterSpec
+from .stats import Counters
+from .tensors import BatchBuilder, ShardViews
+
+if TYPE_CHECKING:
+    from .dataset import CachedDataset
+
+__all__ = [
+    "TaggedBatch",
+    "batch_groups",
+    "drop_lease",
+    "iterate_batches",
+    "raise_error",
+    "shard_schedule",
+    "take_lease",
+    "worker_batches",
+]
+
+log = logging.getLogger(__name__)
+
+PortableError = tuple[type[BaseException], str, dict[str, Any]]
+
+
+class TaggedBatch(NamedTuple):
+    """A batch on its way to the CachedDataLoader: its number in the plan, its size, the worker's
+    counters since its previous batch, and an error that stopped the worker (batch is then None)."""
+
+    number: int
+    batch: Any
+    samples: int
+    counters: dict[str, float]
+    error: BaseException | PortableError | None = None
+
+
+def raise_error(error: BaseException | PortableError) -> None:
+    """Raise an error sent by a worker as its own type, with its attributes (PyTorch would turn an
+    exception with keyword-only arguments into a RuntimeError)."""
+    if isinstance(error, BaseException):
+        exc = error
+    else:
+        cls, message, attributes = error
+        exc = cls.__new__(cls)
+        BaseException.__init__(exc, message)
+        exc.__dict__.update(attributes)
+    try:
+        raise exc
+    finally:
+        # The traceback holds this frame: without the del, frame and exception form a cycle that
+        # keeps the DataLoader's worker processes alive until the garbage collector runs.
+        del exc, error
+
+
+def _portable(exc: BaseException, in_worker: bool) -> BaseException | PortableError:
+    return (type(exc), str(exc), dict(exc.__dict__)) if in_worker else exc
+
+
+def worker_batches(num_batches: int, *, start: int, chunk: int, worker: int, num_workers: int) -> np.ndarray:
+    """Indices of the batches in ``[start, num_batches)`` that ``worker`` builds, in order."""
+    js = np.arange(start, num_batches, dtype=np.int64)
+    owners = (js // chunk - start // chunk) % num_workers
+    return js[owners == worker]
+
+
+def shard_schedule(plan: EpochPlan, batches: np.ndarray, *, nbytes: Sequence[int]) -> list[Need]:
+    """The shards ``batches`` read, in first-use order, with the positions of their first and last use."""
+    if not len(batches):
+        return []
+    ids = [plan.batch(int(j)) for j in batches]
+    shards = plan.shard_of(np.concatenate(ids))
+    pos = np.repeat(np.arange(len(ids)), [len(b) for b in ids])
+    unique, first_at = np.unique(shards, return_index=True)
+    last_at = len(shards) - 1 - np.unique(shards[::-1], return_index=True)[1]
+    by_first_use = np.argsort(first_at, kind="stable")
+    return [
+        Need(shard=int(unique[k]), first=int(pos[first_at[k]]), last=int(pos[last_at[k]]), nbytes=nbytes[unique[k]])
+        for k in by_first_use
+    ]
+
+
+def batch_groups(plan: EpochPlan, offsets: np.ndarray, j: int) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+    """Batch ``j`` as ``(shard, rows in the shard, positions in the batch)`` per shard, and its size.
+
+    Groups come in shard order, so one ``out[positions] = view[rows]`` per shard builds the batch.
+    """
+    ids = plan.batch(j)
+    shards = np.searchsorted(offsets, ids, side="right") - 1
+    positions = np.argsort(shards, kind="stable")
+    ordered = shards[positions]
+    rows = ids[positions] - offsets[ordered]
+    cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(ids)]
+    groups = [(int(ordered[a]), rows[a:b], positions[a:b]) for a, b in itertools.pairwise(cuts)]
+    return groups, len(ids)
+
+
+def take_lease(ds: CachedDataset) -> Lease | None:
+    """A reader's lease on the version, or None when the node holding it cannot be reached: reading goes on
+    (shards are read through), and ``rm`` cannot run on that dataset either while its node is down."""
+    try:
+        return ds.cache.lease(ds.name, ds.version, ttl=ds.lease_ttl)
+    except AccessDenied:
+        raise  # a missing ACL rule is the user's to fix, not a node to wait out
+    except CacheUnavailable as exc:
+        log.warning("reading %r without a reader lease: %s", ds.name, exc)
+        return None
+
+
+def drop_lease(lease: Lease | None, name: str) -> None:
+    """Release ``lease`` without raising: every batch was delivered, and an unreleased lease expires by itself."""
+    if lease is None:
+        return
+    try:
+        lease.release()
+    except ShardCacheError as exc:
+        log.warning("could not release the reader lease of %r (it expires by itself): %s", name, exc)
+
+
+def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_workers: int) -> Iterator[Any]:
+    """Batches of ``spec`` that ``worker`` of ``num_workers`` builds (TaggedBatch when ``spec.tagged``)."""
+    plan = ds.plan(spec)
+    mine = worker_batches(plan.num_batches, start=spec.start, chunk=spec.chunk, worker=worker, num_workers=num_workers)
+    if not len(mine):
+        return
+    in_worker = get_worker_info() is not None
+    counters = Counters()
+    builder = BatchBuilder(ds.column_specs, dataset=ds.name)
+    source = ShardSource(
+        cache=ds.cache, manifest=ds.manifest, counters=counters, read_through=ds.read_through,
+        write_back=ds.write_back, prefetch_transform=ds.prefetch_transform,
+    )  # fmt: skip
+
+    def load(index: int) -> ShardViews:
+        return builder.views(source.load(index), shard=index)
+
+    schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
+    offsets = row_offsets(ds.rows)
+    lease = take_lease(ds) if spec.lease else None
+    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes, threads=ds.read_threads,
+                      name=f"shardcache-readahead-{worker}")  # fmt: skip
+    j = int(mine[0])
+    try:
+        for pos, j_ in enumerate(mine.tolist()):
+            j = j_
+            ahead.advance(pos)
+            groups, size = batch_groups(plan, offsets, j)
+            started = time.perf_counter()
+            parts = [(ahead.get(shard), rows, positions) for shard, rows, positions in groups]
+            counters.add(worker_wait_seconds=time.perf_counter() - started)
+            batch = builder.gather(parts, size)
+            if ds.transform is not None:
+                batch = ds.transform(batch)
+            if spec.tagged:
+                yield TaggedBatch(j, batch, size, counters.take())
+            else:
+                yield batch
+    except ShardCacheError as exc:
+        if not spec.tagged:
+            raise
+        yield TaggedBatch(j, None, 0, counters.take(), _portable(exc, in_worker))
+    finally:
+        ahead.close()
+        drop_lease(lease, ds.name)

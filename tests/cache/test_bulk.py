@@ -1,0 +1,89 @@
+"""The direct GET into an Arrow buffer (bulk.py) against real servers: same bytes as redis-py,
+and every reply it does not handle leaves the connection usable or drops it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+import redis.exceptions as rex
+
+from shardcache.cache import RetryPolicy, ShardCache, connect
+from shardcache.cache.bulk import NotBulk, _exchange, read_bulk
+from shardcache.cache.local_cluster import LocalCluster
+
+
+def key() -> str:
+    return f"sc:test:bulk:{uuid.uuid4().hex}"
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 65_536, 5 * 1024 * 1024 + 3])
+def test_same_bytes_as_redis_py(cache: ShardCache, size: int) -> None:
+    k, value = key(), os.urandom(size)
+    cache.client.set(k, value)
+    try:
+        got = read_bulk(cache.client, k, cluster=cache.is_cluster)
+        assert isinstance(got, pa.Buffer)
+        assert got.to_pybytes() == value == cache.client.get(k)
+    finally:
+        cache.client.delete(k)
+    assert read_bulk(cache.client, k, cluster=cache.is_cluster) is None
+
+
+def test_error_reply_leaves_the_connection_in_step(cache: ShardCache) -> None:
+    k = key()
+    cache.client.rpush(k, b"a list, not a string")
+    value_key = key()
+    cache.client.set(value_key, b"after the error")
+    try:
+        for _ in range(3):  # the pool hands out the same connection again: it must still be in step
+            with pytest.raises(NotBulk, match="WRONGTYPE"):
+                read_bulk(cache.client, k, cluster=cache.is_cluster)
+            got = read_bulk(cache.client, value_key, cluster=cache.is_cluster)
+            assert got is not None
+            assert got.to_pybytes() == b"after the error"
+    finally:
+        cache.client.delete(k, value_key)
+
+
+@pytest.mark.onlycluster
+def test_redirect_is_left_to_redis_py(cache: ShardCache) -> None:
+    client = cache.client
+    k = key()
+    client.set(k, b"v")
+    try:
+        owner = client.get_node_from_key(k)
+        other = next(n for n in client.get_primaries() if n.name != owner.name)
+        pool = client.get_redis_connection(other).connection_pool
+        conn = pool.get_connection()
+        try:
+            with pytest.raises(NotBulk, match="MOVED"):
+                _exchange(conn, k)
+            conn.send_command("PING")
+            assert conn.read_response() in (b"PONG", "PONG")
+        finally:
+            pool.release(conn)
+        # Through the store, the redirect is followed.
+        assert cache._get(k) == pa.py_buffer(b"v")
+    finally:
+        client.delete(k)
+
+
+def test_a_stalled_server_times_out_and_drops_the_connection(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    server = cluster_factory(masters=1, replicas=0, cluster=False)
+    with connect(server.url, env={}, socket_timeout=0.3, retry=RetryPolicy(deadline=0.5)) as cache:
+        cache.client.set("k", b"v" * 1000)
+        server.stall_node(server.port)
+        try:
+            with pytest.raises(rex.TimeoutError):
+                read_bulk(cache.client, "k", cluster=False)
+        finally:
+            server.resume_node(server.port)
+        got = read_bulk(cache.client, "k", cluster=False)
+        assert got is not None
+        assert got.size == 1000

@@ -1,0 +1,23 @@
+"""The public names of shardcache.dataloader, pinned."""
+
+from __future__ import annotations
+
+import shardcache
+import shardcache.dataloader
+
+
+def test_exported_members():
+    assert shardcache.dataloader.__all__ == [
+        "CachedDataset",
+        "CachedDataLoader",
+        "DevicePrefetcher",
+        "LoaderStats",
+        "to_device",
+    ]
+    for name in shardcache.dataloader.__all__:
+        assert getattr(shardcache.dataloader, name).__module__.startswith("shardcache.dataloader.")
+
+
+def test_the_package_facade_loads_the_loader_lazily():
+    assert shardcache.CachedDataLoader is shardcache.dataloader.CachedDataLoader
+    assert shardcache.CachedDataset is shardcache.dataloader.CachedDataset
