@@ -31,6 +31,8 @@ class LoaderStats:
         source_rows: rows read from the source by read-throughs.
         wait_seconds: time the training loop spent waiting for the next batch.
         worker_wait_seconds: time the workers spent waiting for shards (summed over workers).
+        reused_buffers: batches that workers built in a shared-memory buffer the main process had given
+            back (no fresh pages to fault in).
         elapsed_seconds: wall time from the start of each iteration to its last batch, summed.
     """
 
@@ -46,6 +48,7 @@ class LoaderStats:
     wait_seconds: float = 0.0
     worker_wait_seconds: float = 0.0
     elapsed_seconds: float = 0.0
+    reused_buffers: int = 0
 
     @property
     def hit_ratio(self) -> float:

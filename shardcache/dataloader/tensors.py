@@ -11,9 +11,10 @@ Each shard is viewed once (:meth:`BatchBuilder.views`, zero-copy numpy arrays ov
 a batch then copies its rows straight into the output tensor, one ``out[positions] = view[rows]`` per
 shard. That runs at memcpy-like speed, about six times faster than an Arrow ``take`` over the
 concatenated shards. In a DataLoader worker the output lives in shared memory from the start, so
-handing it to the main process copies nothing more; in the main process output buffers are reused
-once the training loop has dropped every reference to them (batches over ~32 MiB would otherwise be
-page-faulted afresh each time).
+handing it to the main process copies nothing more, and large outputs come from the worker's
+:class:`~shardcache.dataloader.slots.SlotPool`, reused once the main process has dropped them; in
+the main process output buffers are reused once the training loop has dropped every reference to
+them. Either way a batch is not page-faulted afresh each time, which costs several times the copy.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..errors import ConfigError
+from .slots import POOL_MIN_BYTES, SlotClaim, SlotPool, shared_bytes
 
 __all__ = ["BatchBuilder", "ColumnSpec", "ShardViews", "column_specs"]
 
 # Arrow types whose values numpy can view without a copy (bool is bit-packed: converted once per shard).
 # Rows at least this large are copied one slice at a time (see BatchBuilder.gather).
 ROW_COPY_BYTES = 8192
+_ALIGN = 64  # bytes; where each column starts in a worker's output block
 _NUMERIC = (pat.is_integer, pat.is_floating)
 
 
@@ -154,10 +157,14 @@ class _BufferPool:
 class BatchBuilder:
     """Builds batches of ``specs`` from shards; see the module docstring for the layout."""
 
-    def __init__(self, specs: Sequence[ColumnSpec], *, dataset: str) -> None:
+    def __init__(self, specs: Sequence[ColumnSpec], *, dataset: str, slots: SlotPool | None = None) -> None:
         self.specs = tuple(specs)
         self.dataset = dataset
         self._pool = _BufferPool()
+        self._slots = slots
+        self._claimed: list[tuple[tuple[int, int], torch.Tensor]] = []
+        self._reused = 0
+        self._board_sent = False
 
     def views(self, table: pa.Table, *, shard: int) -> ShardViews:
         """Zero-copy views of one shard (run once per shard, off the training loop's path)."""
@@ -172,15 +179,33 @@ class BatchBuilder:
                 arrays[spec.name] = array
         return ShardViews(table, arrays)
 
-    def _output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[torch.Tensor, np.ndarray[Any, Any]]:
-        if get_worker_info() is not None:
-            # Allocated in shared memory, so that sending it to the main process copies nothing.
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            storage = torch.UntypedStorage._new_shared(nbytes)
-            tensor = torch.empty(0, dtype=torch.uint8).set_(storage).view(_torch_dtype(dtype)).view(shape)
-            return tensor, tensor.numpy()
-        array = self._pool.get(shape, dtype)
-        return torch.from_numpy(array), array
+    def _outputs(self, size: int) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]:
+        """The output tensor (and a numpy view of it) of each tensor column of a batch of ``size``."""
+        layout = [(s.name, (size, *s.shape), s.dtype) for s in self.specs if s.kind == "tensor" and s.dtype]
+        outputs: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]] = {}
+        if get_worker_info() is None:
+            for name, shape, dtype in layout:
+                array = self._pool.get(shape, dtype)
+                outputs[name] = (torch.from_numpy(array), array)
+            return outputs
+        # In a worker, every column in one shared-memory block: sending the batch to the main process
+        # then copies nothing and passes one file descriptor.
+        offsets, total = [], 0
+        for _, shape, dtype in layout:
+            total = -(-total // _ALIGN) * _ALIGN
+            offsets.append(total)
+            total += math.prod(shape) * dtype.itemsize
+        if self._slots is not None and total >= POOL_MIN_BYTES:
+            block, slot, reused = self._slots.acquire(total)
+        else:
+            block, slot, reused = shared_bytes(max(total, 1)), None, False
+        if slot is not None:
+            self._claimed.append((slot, block))
+            self._reused += reused
+        for (name, shape, dtype), offset in zip(layout, offsets, strict=True):
+            tensor = block[offset : offset + math.prod(shape) * dtype.itemsize].view(_torch_dtype(dtype)).view(shape)
+            outputs[name] = (tensor, tensor.numpy())
+        return outputs
 
     def gather(
         self, parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]], size: int
@@ -188,13 +213,40 @@ class BatchBuilder:
         """The batch of ``size`` samples in which ``positions`` hold ``rows`` of each part's shard.
 
         ``parts`` lists ``(views, rows, positions)``: sample ``positions[k]`` of the batch is row
-        ``rows[k]`` of that shard; together the positions cover ``0..size-1`` once.
+        ``rows[k]`` of that shard; together the positions cover ``0..size-1`` once. In a worker with
+        a slot pool, :meth:`take_claim` then returns the slots the batch was built in.
         """
+        claimed = len(self._claimed)
+        try:
+            return self._gather(parts, size)
+        except BaseException:
+            if self._slots is not None:
+                for slot, _ in self._claimed[claimed:]:
+                    self._slots.give_back(slot)
+            del self._claimed[claimed:]
+            raise
+
+    def take_claim(self) -> tuple[SlotClaim | None, int]:
+        """The pool slots of the batches gathered since the last call, and how many were reused buffers.
+
+        The first claim of a builder (of an iteration) carries the pool's board.
+        """
+        claimed, reused = self._claimed, self._reused
+        self._claimed, self._reused = [], 0
+        if not claimed or self._slots is None:
+            return None, reused
+        with_board, self._board_sent = not self._board_sent, True
+        claim = self._slots.claim([slot for slot, _ in claimed], [block for _, block in claimed], with_board=with_board)
+        return claim, reused
+
+    def _gather(
+        self, parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]], size: int
+    ) -> dict[str, Any]:
         batch: dict[str, Any] = {}
+        outputs = self._outputs(size)
         for spec in self.specs:
             if spec.kind == "tensor":
-                assert spec.dtype is not None
-                tensor, out = self._output((size, *spec.shape), spec.dtype)
+                tensor, out = outputs[spec.name]
                 large_rows = out.itemsize * math.prod(spec.shape) >= ROW_COPY_BYTES
                 for views, rows, positions in parts:
                     src = views.arrays[spec.name]

@@ -23,6 +23,7 @@ from ..errors import AccessDenied, CacheUnavailable, ShardCacheError
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
 from .shuffle import row_offsets
+from .slots import SlotClaim, worker_pool
 from .source import ShardSource
 from .spec import IterSpec
 from .stats import Counters
@@ -49,13 +50,15 @@ PortableError = tuple[type[BaseException], str, dict[str, Any]]
 
 class TaggedBatch(NamedTuple):
     """A batch on its way to the CachedDataLoader: its number in the plan, its size, the worker's
-    counters since its previous batch, and an error that stopped the worker (batch is then None)."""
+    counters since its previous batch, an error that stopped the worker (batch is then None), and
+    the worker's pool slots the batch lives in (see :mod:`.slots`)."""
 
     number: int
     batch: Any
     samples: int
     counters: dict[str, float]
     error: BaseException | PortableError | None = None
+    claim: SlotClaim | None = None
 
 
 def raise_error(error: BaseException | PortableError) -> None:
@@ -148,7 +151,8 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
         return
     in_worker = get_worker_info() is not None
     counters = Counters()
-    builder = BatchBuilder(ds.column_specs, dataset=ds.name)
+    # Only tagged batches carry the claim that lets the main process hand a pool slot back.
+    builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=worker_pool() if in_worker and spec.tagged else None)
     source = ShardSource(
         cache=ds.cache, manifest=ds.manifest, counters=counters, read_through=ds.read_through,
         write_back=ds.write_back, prefetch_transform=ds.prefetch_transform,
@@ -172,10 +176,13 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
             parts = [(ahead.get(shard), rows, positions) for shard, rows, positions in groups]
             counters.add(worker_wait_seconds=time.perf_counter() - started)
             batch = builder.gather(parts, size)
+            claim, reused = builder.take_claim()
+            if reused:
+                counters.add(reused_buffers=reused)
             if ds.transform is not None:
                 batch = ds.transform(batch)
             if spec.tagged:
-                yield TaggedBatch(j, batch, size, counters.take())
+                yield TaggedBatch(j, batch, size, counters.take(), claim=claim)
             else:
                 yield batch
     except ShardCacheError as exc:

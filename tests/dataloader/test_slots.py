@@ -1,0 +1,144 @@
+"""Workers reuse shared-memory batch buffers, and never while the main process still holds a batch."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.multiprocessing  # registers the tensor reductions on ForkingPickler
+
+from shardcache.cache import Manifest, ShardCache
+from shardcache.dataloader import CachedDataLoader
+from shardcache.dataloader.slots import POOL_MIN_BYTES, SlotPool
+from shardcache.prefetcher import prefetch
+
+from .conftest import unique_name
+
+ROWS = 240
+ROW_BYTES = 48 * 1024
+BATCH = 32  # 1.5 MiB of images per batch: over POOL_MIN_BYTES
+
+
+def image_of(row_id: int) -> np.ndarray:
+    return np.random.default_rng(row_id).integers(0, 256, ROW_BYTES, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def big_rows(cache: ShardCache, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manifest]:
+    assert BATCH * ROW_BYTES >= POOL_MIN_BYTES
+    ids = np.arange(ROWS, dtype=np.int64)
+    images = np.stack([image_of(i) for i in ids])
+    table = pa.table({
+        "id": ids,
+        "image": pa.FixedSizeBinaryArray.from_buffers(pa.binary(ROW_BYTES), ROWS, [None, pa.py_buffer(images)]),
+    })
+    root: Path = tmp_path_factory.mktemp("big-rows")
+    pq.write_table(table, root / "part-0.parquet")
+    name = unique_name("slots")
+    manifest = prefetch(str(root), dataset=name, cache=cache, shard_size="1MiB")
+    yield manifest
+    cache.delete(name, force=True)
+
+
+def check(batch: dict[str, torch.Tensor]) -> None:
+    for row_id, image in zip(batch["id"].tolist(), batch["image"], strict=True):
+        assert np.array_equal(image.numpy(), image_of(row_id)), f"row {row_id} was overwritten"
+
+
+def test_held_batches_are_never_overwritten(big_rows: Manifest, cache: ShardCache) -> None:
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3)
+    for _ in range(2):  # the second epoch runs after the first epoch's batches were all dropped
+        held = list(loader)  # every batch alive at once: more than the pools' slots
+        for batch in held:
+            check(batch)
+        assert sorted(i for b in held for i in b["id"].tolist()) == list(range(ROWS))
+        del held
+        gc.collect()
+
+
+def test_dropped_batches_give_their_buffers_back(big_rows: Manifest, cache: ShardCache) -> None:
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3,
+                              persistent_workers=True)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        loader.reset_stats()
+        seen = []
+        for batch in loader:
+            check(batch)
+            seen.extend(batch["id"].tolist())
+        assert sorted(seen) == list(range(ROWS))
+    stats = loader.stats()  # of the last epoch: the workers' pools are filled by then
+    assert stats.reused_buffers >= stats.batches // 2 > 0
+
+
+@pytest.mark.filterwarnings("ignore:.pin_memory. argument is set as true")
+def test_pin_memory_keeps_batches_whole(big_rows: Manifest, cache: ShardCache) -> None:
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=1, pin_memory=True)
+    for batch in loader:
+        check(batch)
+
+
+def arrive_in_another_process(pool: SlotPool, slot: tuple[int, int], tensor: torch.Tensor) -> torch.Tensor:
+    """What unpickling a batch and its claim does in the main process: a second mapping of the same
+    shared memory, with the claim armed on it (in-process, torch's storage cache would hand back the
+    worker's own storage instead)."""
+    fd, size = tensor.untyped_storage()._share_fd_cpu_()
+    copy_fd = os.dup(fd)
+    try:
+        storage = torch.UntypedStorage._new_shared_fd_cpu(copy_fd, size)
+    finally:
+        os.close(copy_fd)
+    arrived = torch.empty(0, dtype=torch.uint8).set_(storage)
+    rebuild, args = pool.claim([slot], [tensor], with_board=True).__reduce__()
+    token, board, slots, _ = args
+    claim = rebuild(token, board, slots, (arrived,))
+    assert claim.tensors == ()
+    return arrived
+
+
+def test_a_slot_comes_back_only_when_its_storage_is_freed() -> None:
+    pool = SlotPool(slots=2)
+    first = pool.acquire(4096)
+    assert first.slot is not None
+    assert not first.reused
+    arrived = arrive_in_another_process(pool, first.slot, first.tensor)
+    arrived[7] = 42
+    assert int(first.tensor[7]) == 42, "the same shared memory"
+    view = arrived[3:5]
+    del arrived
+    gc.collect()
+    assert pool.acquire(4096).slot == (1, 2), "slot 0 is still busy: a view of it lives"
+    del view
+    gc.collect()
+    again = pool.acquire(4096)
+    assert again.slot == (0, 3)
+    assert again.reused
+    assert pool.acquire(4096).slot is None, "both slots busy: a fresh, unpooled buffer"
+
+
+def test_a_stale_release_does_not_free_a_newer_generation() -> None:
+    pool = SlotPool(slots=1)
+    first = pool.acquire(100)
+    assert first.slot is not None
+    pool.give_back(first.slot)
+    second = pool.acquire(100)
+    assert second.slot == (0, 2)
+    pool.give_back(first.slot)  # the old generation's release comes late: ignored
+    assert pool.acquire(100).slot is None
+
+
+def test_claims_pickle_without_the_pool() -> None:
+    pool = SlotPool(slots=1)
+    got = pool.acquire(POOL_MIN_BYTES)
+    assert got.slot is not None
+    claim = pool.claim([got.slot], [got.tensor], with_board=False)
+    assert "SlotClaim" in repr(pickle.loads(ForkingPickler.dumps(claim)))
