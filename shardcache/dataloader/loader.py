@@ -15,6 +15,7 @@ The main process counts what it delivered, so ``state_dict()`` can be taken afte
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
 from .device import DevicePrefetcher
 from .plan import PlanSegment, resume_point
+from .slots import POOL_SLOTS
 from .spec import IterSpec
 from .state import LoaderState, merge_rank_states, rows_digest
 from .stats import LoaderStats
@@ -164,6 +166,10 @@ class CachedDataLoader(DataLoader):
             epoch=self._epoch, history=self._history, start=self._resume or 0, batch_size=self.batch_size,
             drop_last=self.drop_last, window=self._window, tagged=True, lease=False, chunked=True,
         )  # fmt: skip
+        if self.num_workers > 0:
+            # A worker's batches in flight: the prefetched ones, the one in the training loop, and those
+            # of its chunk waiting to be put back in order. More get fresh blocks, freed after use.
+            spec = dataclasses.replace(spec, pool_slots=min(POOL_SLOTS, (self.prefetch_factor or 2) + spec.chunk))
         return _Run(spec, self.cached_dataset.plan(spec).num_batches)
 
     def __len__(self) -> int:

@@ -121,12 +121,17 @@ class SlotPool:
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._generations = itertools.count(1)
 
-    def acquire(self, nbytes: int) -> Acquired:
+    def acquire(self, nbytes: int, *, limit: int | None = None) -> Acquired:
         """A shared uint8 tensor of ``nbytes``, from a free buffer of the same size (or up to twice it);
         else from a new buffer in an empty slot, or in place of a free buffer of another size; else,
-        every slot being busy, a fresh unpooled one."""
+        every slot being busy, a fresh unpooled one. Only the first ``limit`` slots are used; free
+        buffers beyond it are dropped."""
         flags, buffers = self._flags, self._buffers
-        free = [i for i in range(len(buffers)) if flags[i] == 0]
+        used = len(buffers) if limit is None else max(0, min(limit, len(buffers)))
+        for i in range(used, len(buffers)):
+            if buffers[i] is not None and flags[i] == 0:
+                buffers[i] = None
+        free = [i for i in range(used) if flags[i] == 0]
         fits = [i for i in free if (b := buffers[i]) is not None and nbytes <= b.numel() <= 2 * nbytes]
         if fits:
             index = min(fits, key=lambda i: buffers[i].numel())  # type: ignore[union-attr]

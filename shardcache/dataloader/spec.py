@@ -31,7 +31,8 @@ class IterSpec:
     ``chunk`` consecutive batches go to one worker (chunk ``c`` to worker ``c % num_workers``), so a
     worker reads the shards of its own window. ``tagged`` batches carry their index and counters for
     the CachedDataLoader, which puts them back in order; ``lease`` makes the iterator hold a lease
-    itself (the loader holds one for all its workers instead).
+    itself (the loader holds one for all its workers instead). ``pool_slots`` bounds each worker's
+    pool of reused batch blocks (see ``slots.py``): about the batches a worker has in flight.
     """
 
     epoch: int
@@ -45,6 +46,7 @@ class IterSpec:
     chunk: int
     tagged: bool
     lease: bool
+    pool_slots: int = 0
 
     def to_bytes(self) -> bytes:
         doc = asdict(self)

@@ -157,11 +157,14 @@ class _BufferPool:
 class BatchBuilder:
     """Builds batches of ``specs`` from shards; see the module docstring for the layout."""
 
-    def __init__(self, specs: Sequence[ColumnSpec], *, dataset: str, slots: SlotPool | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[ColumnSpec], *, dataset: str, slots: SlotPool | None = None, slot_limit: int = 0
+    ) -> None:
         self.specs = tuple(specs)
         self.dataset = dataset
         self._pool = _BufferPool()
         self._slots = slots
+        self._slot_limit = slot_limit
         self._claimed: list[tuple[tuple[int, int], torch.Tensor]] = []
         self._reused = 0
         self._board_sent = False
@@ -196,7 +199,7 @@ class BatchBuilder:
             offsets.append(total)
             total += math.prod(shape) * dtype.itemsize
         if self._slots is not None and total >= POOL_MIN_BYTES:
-            block, slot, reused = self._slots.acquire(total)
+            block, slot, reused = self._slots.acquire(total, limit=self._slot_limit)
         else:
             block, slot, reused = shared_bytes(max(total, 1)), None, False
         if slot is not None:

@@ -152,7 +152,9 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     in_worker = get_worker_info() is not None
     counters = Counters()
     # Only tagged batches carry the claim that lets the main process hand a pool slot back.
-    builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=worker_pool() if in_worker and spec.tagged else None)
+    pooled = in_worker and spec.tagged and spec.pool_slots > 0
+    builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=worker_pool() if pooled else None,
+                           slot_limit=spec.pool_slots)  # fmt: skip
     source = ShardSource(
         cache=ds.cache, manifest=ds.manifest, counters=counters, read_through=ds.read_through,
         write_back=ds.write_back, prefetch_transform=ds.prefetch_transform,

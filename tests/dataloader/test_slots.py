@@ -142,3 +142,14 @@ def test_claims_pickle_without_the_pool() -> None:
     assert got.slot is not None
     claim = pool.claim([got.slot], [got.tensor], with_board=False)
     assert "SlotClaim" in repr(pickle.loads(ForkingPickler.dumps(claim)))
+
+
+def test_the_limit_bounds_the_pool_and_drops_free_buffers_beyond_it() -> None:
+    pool = SlotPool(slots=4)
+    first, second = pool.acquire(100, limit=2), pool.acquire(100, limit=2)
+    assert (first.slot, second.slot) == ((0, 1), (1, 2))
+    assert pool.acquire(100, limit=2).slot is None, "over the limit: a fresh, unpooled buffer"
+    assert second.slot is not None
+    pool.give_back(second.slot)
+    assert pool.acquire(100, limit=1).slot is None, "slot 1 is beyond the new limit"
+    assert pool.acquire(100, limit=2).slot == (1, 3), "its buffer was dropped: a new one"
