@@ -1,4 +1,4 @@
-"""GET of large values straight into an Arrow buffer: the read path's one copy.
+"""GET of large values straight into an Arrow buffer, and SET straight from one: one copy each way.
 
 redis-py hands a bulk reply through hiredis's growing buffer and then into a new
 ``bytes`` object, so every MiB read is copied three times or more under the GIL; on
@@ -14,7 +14,12 @@ reply line has been consumed, or drops the connection when it cannot be, and the
 caller repeats the GET through redis-py, which handles redirects and errors. The
 connection comes from, and goes back to, redis-py's own pool for the node.
 
+The write path is the mirror image: redis-py's hiredis packer joins the command and a
+multi-MiB value into one new ``bytes`` before sending it, so :func:`write_bulk` sends the
+RESP header and then the value's own memory with ``sendall``, and expects ``+OK``.
+
 >>> buf = read_bulk(client, "sc:s:ds:v1:0", cluster=True)   # doctest: +SKIP
+>>> write_bulk(client, "sc:s:ds:v1:0", buf, cluster=True, px=None)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import redis.exceptions as rex
 
-__all__ = ["NotBulk", "read_bulk"]
+__all__ = ["NotBulk", "read_bulk", "write_bulk"]
 
 _CRLF = b"\r\n"
 _ONE_LINE = frozenset(b"-+:")  # error, simple string, integer: fully read once the line is
@@ -34,7 +39,14 @@ _BULK_MAX = 1 << 32  # Redis refuses values above 512 MiB (proto-max-bulk-len) u
 
 
 class NotBulk(Exception):
-    """The reply was not a bulk string; repeat the command through redis-py."""
+    """The reply was not the plain one (a bulk string for GET, ``+OK`` for SET); repeat the
+    command through redis-py."""
+
+
+def _pool_of(client: Any, key: str, cluster: bool) -> Any:
+    if cluster:
+        return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
+    return client.connection_pool
 
 
 def read_bulk(client: Any, key: str, *, cluster: bool) -> pa.Buffer | None:
@@ -43,16 +55,57 @@ def read_bulk(client: Any, key: str, *, cluster: bool) -> pa.Buffer | None:
     Raises NotBulk for any other reply, redis ``ConnectionError``/``TimeoutError`` when the
     socket fails (the connection is then dropped), and whatever the pool raises.
     """
-    if cluster:
-        node = client.get_node_from_key(key)
-        pool = client.get_redis_connection(node).connection_pool
-    else:
-        pool = client.connection_pool
+    pool = _pool_of(client, key, cluster)
     conn = pool.get_connection()
     try:
         return _exchange(conn, key)
     finally:
         pool.release(conn)
+
+
+def write_bulk(client: Any, key: str, value: Any, *, cluster: bool, px: int | None) -> None:
+    """``SET key value [PX px]`` on the node that serves ``key``, sending ``value`` (any buffer) in place.
+
+    Raises NotBulk for any reply but ``+OK`` (an error line is read whole, so the connection stays
+    in step), redis ``ConnectionError``/``TimeoutError`` when the socket fails (the connection is
+    then dropped), and whatever the pool raises. SET is idempotent, so the caller may repeat it.
+    """
+    pool = _pool_of(client, key, cluster)
+    conn = pool.get_connection()
+    try:
+        _exchange_set(conn, key, memoryview(value).cast("B"), px)
+    finally:
+        pool.release(conn)
+
+
+def _exchange_set(conn: Any, key: str, view: memoryview, px: int | None) -> None:
+    if conn._sock is None:
+        conn.connect()
+    sock = conn._sock
+    if sock is None:
+        raise NotBulk("not connected")
+    args = [b"SET", key.encode()]
+    tail = [b"PX", str(px).encode()] if px is not None else []
+    head = b"*%d\r\n" % (3 + len(tail)) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    head += b"$%d\r\n" % view.nbytes
+    rest = b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in tail)
+    try:
+        sock.sendall(head)
+        sock.sendall(view)
+        sock.sendall(rest)
+        line = bytearray(256)
+        filled, end = _read_line(sock, line)
+        if end < 0 or line[0] not in _ONE_LINE or end + 2 != filled:
+            conn.disconnect()  # a reply we cannot read to its end: the stream is out of step
+            raise NotBulk(bytes(line[: max(end, 0)][:200]).decode(errors="replace") or "an unreadable reply")
+        if line[:end] != b"+OK":
+            raise NotBulk(bytes(line[:end][:200]).decode(errors="replace"))
+    except TimeoutError:  # socket.timeout
+        conn.disconnect()
+        raise rex.TimeoutError(f"Timeout writing to {conn.host}:{conn.port}") from None
+    except (OSError, ValueError) as exc:
+        conn.disconnect()
+        raise rex.ConnectionError(f"Error while writing to {conn.host}:{conn.port}: {exc}") from None
 
 
 def _exchange(conn: Any, key: str) -> pa.Buffer | None:

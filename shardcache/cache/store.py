@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..units import format_bytes, parse_size
 from .breaker import NodeBreaker
-from .bulk import NotBulk, read_bulk
+from .bulk import NotBulk, read_bulk, write_bulk
 from .codec import checksum, decode_payload, split_chunks
 from .connection import Client, ConnectOptions, open_client
 from .keys import KeySpace, validate_dataset_name, validate_version
@@ -493,7 +493,7 @@ class ShardCache:
         px = int(self.shard_ttl * 1000) if self.shard_ttl else None
         try:
             for c, chunk in enumerate(chunks):
-                self.call("SET", self.keys.chunk(shard.key, c), chunk, px=px)
+                self._set(self.keys.chunk(shard.key, c), chunk, px=px)
         except CapacityExceeded as exc:
             raise self._capacity_error(nbytes, dataset=manifest.name, node=exc.node) from exc
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
@@ -641,6 +641,20 @@ class ShardCache:
                 log.debug("direct GET of %s fell back to redis-py: %s", key, type(exc).__name__)
         value = self.call("GET", key)
         return None if value is None else pa.py_buffer(value)
+
+    def _set(self, key: str, value: memoryview, *, px: int | None) -> None:
+        """SET of one chunk, with the retry policy; the write-side twin of :meth:`_get`.
+
+        The first try sends the value from its own memory (bulk.py); any failure or other reply
+        than ``+OK`` repeats the SET through redis-py and :meth:`call` (OOM becomes CapacityExceeded).
+        """
+        if not self._breaker.tripped:
+            try:
+                write_bulk(self._ensure(), key, value, cluster=self._is_cluster, px=px)
+                return
+            except (NotBulk, rex.RedisError, rex.RedisClusterException, OSError) as exc:
+                log.debug("direct SET of %s fell back to redis-py: %s", key, type(exc).__name__)
+        self.call("SET", key, value, px=px)
 
     def get_table(self, manifest: Manifest, index: int) -> pa.Table:
         """One shard decoded to an Arrow table, validated against the manifest."""

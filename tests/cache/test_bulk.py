@@ -1,5 +1,5 @@
-"""The direct GET into an Arrow buffer (bulk.py) against real servers: same bytes as redis-py,
-and every reply it does not handle leaves the connection usable or drops it."""
+"""The direct GET into an Arrow buffer and SET from one (bulk.py) against real servers: same bytes as
+redis-py, and every reply they do not handle leaves the connection usable or drops it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import redis.exceptions as rex
 
 from shardcache.cache import RetryPolicy, ShardCache, connect
-from shardcache.cache.bulk import NotBulk, _exchange, read_bulk
+from shardcache.cache.bulk import NotBulk, _exchange, _exchange_set, read_bulk, write_bulk
 from shardcache.cache.local_cluster import LocalCluster
 
 
@@ -31,6 +31,20 @@ def test_same_bytes_as_redis_py(cache: ShardCache, size: int) -> None:
     finally:
         cache.client.delete(k)
     assert read_bulk(cache.client, k, cluster=cache.is_cluster) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 65_536, 5 * 1024 * 1024 + 3])
+def test_write_bulk_stores_the_same_bytes(cache: ShardCache, size: int) -> None:
+    k, value = key(), os.urandom(size)
+    try:
+        write_bulk(cache.client, k, pa.py_buffer(value), cluster=cache.is_cluster, px=None)
+        assert cache.client.get(k) == value
+        assert cache.client.pttl(k) == -1
+        write_bulk(cache.client, k, memoryview(value[::-1]), cluster=cache.is_cluster, px=60_000)
+        assert cache.client.get(k) == value[::-1]
+        assert 0 < cache.client.pttl(k) <= 60_000
+    finally:
+        cache.client.delete(k)
 
 
 def test_error_reply_leaves_the_connection_in_step(cache: ShardCache) -> None:
@@ -68,6 +82,16 @@ def test_redirect_is_left_to_redis_py(cache: ShardCache) -> None:
             pool.release(conn)
         # Through the store, the redirect is followed.
         assert cache._get(k) == pa.py_buffer(b"v")
+        conn = pool.get_connection()
+        try:
+            with pytest.raises(NotBulk, match="MOVED"):
+                _exchange_set(conn, k, memoryview(b"w" * 70_000), None)
+            conn.send_command("PING")
+            assert conn.read_response() in (b"PONG", "PONG")
+        finally:
+            pool.release(conn)
+        cache._set(k, memoryview(b"w"), px=None)
+        assert client.get(k) == b"w"
     finally:
         client.delete(k)
 
