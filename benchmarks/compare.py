@@ -50,6 +50,7 @@ from comparison.report import (  # noqa: E402
     render_table,
     render_targets,
     rows_as_json,
+    steady_rate,
     write_chart,
 )
 from comparison.rounds import System, run_child, run_rounds  # noqa: E402
@@ -94,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peers-venv", type=Path, default=REPO_ROOT / ".venv-peers",
                    help="the peers virtualenv, created on first use (default .venv-peers)")
     p.add_argument("--scaling", action="store_true", help="also run dataset x1/x2/x4 and shard size 1/4/8 MiB")
-    p.add_argument("--scaling-base", help="dataset size of the scaling run's x1 (default 256MiB; --quick: 4MiB)")
+    p.add_argument("--scaling-base", help="dataset size of the scaling run's x1 (default 512MiB; --quick: 4MiB)")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "bench-out" / "compare",
                    help="where datasets and the cluster live (default bench-out/compare; reused across runs)")
     p.add_argument("--json-out", type=Path, help="write the results as JSON here")
@@ -145,7 +146,7 @@ def build_config(ns: argparse.Namespace) -> BenchConfig:
         peers_venv=ns.peers_venv.absolute(),
         systems=systems,
         scaling=ns.scaling,
-        scaling_base=parse_size(pick("scaling_base", "256MiB"), name="--scaling-base"),
+        scaling_base=parse_size(pick("scaling_base", "512MiB"), name="--scaling-base"),
         quick=ns.quick,
         child_timeout=ns.child_timeout,
     )
@@ -359,6 +360,9 @@ def _reload(path: Path) -> dict[str, Any]:
     for r in doc["systems"]:
         r["system"] = NAMES.get(r["family"], r["system"])  # labels as this version shows them
     rows = [Row(**r) for r in doc["systems"]]
+    for row, saved in zip(rows, doc["systems"], strict=True):
+        if row.steady_samples_per_s is None:  # saved by a version without it
+            row.steady_samples_per_s = saved["steady_samples_per_s"] = steady_rate(row.runs, row.batch_size)
     doc["targets"] = [vars(t) for t in build_targets(rows, workers=doc["meta"]["config"]["workers"],
                                                       scaling=doc["scaling"])]
     return doc

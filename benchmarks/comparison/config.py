@@ -75,7 +75,7 @@ class BenchConfig:
     peers_venv: Path = REPO_ROOT / ".venv-peers"
     systems: frozenset[str] | None = None
     scaling: bool = False
-    scaling_base: int = 256 * 1024 * 1024
+    scaling_base: int = 512 * 1024 * 1024
     scaling_shard_sizes: tuple[int, ...] = (1 << 20, 4 << 20, 8 << 20)
     quick: bool = False
     child_timeout: float = 600.0

@@ -17,6 +17,7 @@ from .conftest import COMPARE
 
 SYSTEM_KEYS = {
     "key", "family", "system", "group", "workers", "batch_size", "mb_per_s", "samples_per_s", "first_batch_s",
+    "steady_samples_per_s",
     "peak_rss_mb", "rounds", "shardcache_ratio", "status", "note", "runs",
 }
 TARGETS = {
