@@ -25,6 +25,8 @@ RESP header and then the value's own memory with ``sendall``, and expects ``+OK`
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -89,7 +91,7 @@ def _exchange_set(conn: Any, key: str, view: memoryview, px: int | None) -> None
     head = b"*%d\r\n" % (3 + len(tail)) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
     head += b"$%d\r\n" % view.nbytes
     rest = b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in tail)
-    try:
+    with _socket_errors(conn, "writing to"):
         sock.sendall(head)
         sock.sendall(view)
         sock.sendall(rest)
@@ -100,12 +102,6 @@ def _exchange_set(conn: Any, key: str, view: memoryview, px: int | None) -> None
             raise NotBulk(bytes(line[: max(end, 0)][:200]).decode(errors="replace") or "an unreadable reply")
         if line[:end] != b"+OK":
             raise NotBulk(bytes(line[:end][:200]).decode(errors="replace"))
-    except TimeoutError:  # socket.timeout
-        conn.disconnect()
-        raise rex.TimeoutError(f"Timeout writing to {conn.host}:{conn.port}") from None
-    except (OSError, ValueError) as exc:
-        conn.disconnect()
-        raise rex.ConnectionError(f"Error while writing to {conn.host}:{conn.port}: {exc}") from None
 
 
 def _exchange(conn: Any, key: str) -> pa.Buffer | None:
@@ -113,7 +109,7 @@ def _exchange(conn: Any, key: str) -> pa.Buffer | None:
     sock = conn._sock  # private, but the only way around the parser; None means not connected
     if sock is None:
         raise NotBulk("not connected")
-    try:
+    with _socket_errors(conn, "reading from"):
         head = bytearray(256)
         filled, end = _read_line(sock, head)
         if end < 0:  # a line we could not read to its end: the stream is out of step
@@ -148,12 +144,19 @@ def _exchange(conn: Any, key: str) -> pa.Buffer | None:
             conn.disconnect()
             raise NotBulk("a bulk reply without its trailing CRLF")
         return buf.slice(0, length)
+
+
+@contextmanager
+def _socket_errors(conn: Any, doing: str) -> Iterator[None]:
+    """Socket failures as redis-py's errors, the connection dropped (its stream is out of step)."""
+    try:
+        yield
     except TimeoutError:  # socket.timeout
         conn.disconnect()
-        raise rex.TimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
+        raise rex.TimeoutError(f"Timeout {doing} {conn.host}:{conn.port}") from None
     except (OSError, ValueError) as exc:
         conn.disconnect()
-        raise rex.ConnectionError(f"Error while reading from {conn.host}:{conn.port}: {exc}") from None
+        raise rex.ConnectionError(f"Error while {doing} {conn.host}:{conn.port}: {exc}") from None
 
 
 def _read_line(sock: socket.socket, head: bytearray) -> tuple[int, int]:
