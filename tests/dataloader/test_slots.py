@@ -80,6 +80,38 @@ def test_dropped_batches_give_their_buffers_back(big_rows: Manifest, cache: Shar
     assert stats.reused_buffers >= stats.batches // 2 > 0
 
 
+def test_an_epoch_left_midway_leaves_the_next_one_whole(big_rows: Manifest, cache: ShardCache) -> None:
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3,
+                              persistent_workers=True)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        kept = []
+        for n, batch in enumerate(loader):
+            kept.append(batch)  # held past the point where the epoch is left
+            if n == 2:
+                break
+        whole = list(loader)  # the same epoch, from its start, on the same workers
+        for batch in kept + whole:
+            check(batch)
+        assert sorted(i for b in whole for i in b["id"].tolist()) == list(range(ROWS))
+
+
+@pytest.mark.slow
+def test_spawned_workers_and_the_file_system_strategy(big_rows: Manifest, cache: ShardCache) -> None:
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        for context in ("spawn", "fork"):
+            loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=1,
+                                      multiprocessing_context=context)
+            held = list(loader)
+            for batch in held:
+                check(batch)
+            assert sorted(i for b in held for i in b["id"].tolist()) == list(range(ROWS))
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+
+
 @pytest.mark.filterwarnings("ignore:.pin_memory. argument is set as true")
 def test_pin_memory_keeps_batches_whole(big_rows: Manifest, cache: ShardCache) -> None:
     loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=1, pin_memory=True)
