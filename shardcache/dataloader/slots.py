@@ -1,8 +1,8 @@
 """Shared-memory batch buffers that a DataLoader worker reuses once the main process lets go of them.
 
 A worker hands a batch to the main process through shared memory. A fresh segment per batch costs
-more than the copy that fills it: every page is faulted in and zero-filled, about 9x the copy itself
-for a 38 MB batch on a small machine. So each worker keeps a :class:`SlotPool` of segments and
+more than the copy that fills it: every page is faulted in and zero-filled, 5-9x the copy itself
+for a 38 MB batch on a small machine (``benchmarks/worker_handoff.py``). So each worker keeps a :class:`SlotPool` of segments and
 builds batches in them again, but only once the main process has dropped every tensor that views one.
 
 The pool's *board* is a small shared tensor of one generation number per slot. The worker writes a
