@@ -2,8 +2,9 @@
 
 A worker hands a batch to the main process through shared memory. A fresh segment per batch costs
 more than the copy that fills it: every page is faulted in and zero-filled, 5-9x the copy itself
-for a 38 MB batch on a small machine (``benchmarks/worker_handoff.py``). So each worker keeps a :class:`SlotPool` of segments and
-builds batches in them again, but only once the main process has dropped every tensor that views one.
+for a 38 MB batch on a small machine (``benchmarks/worker_handoff.py``). So each worker keeps a
+:class:`SlotPool` of segments and builds batches in them again, but only once the main process has
+dropped every tensor that views one.
 
 The pool's *board* is a small shared tensor of one generation number per slot. The worker writes a
 new generation when it fills a slot and sends a :class:`SlotClaim` with the batch. Unpickling the
