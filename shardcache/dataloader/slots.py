@@ -94,7 +94,11 @@ def _arrive(
         log.debug("no board for slot pool %s: its slots are not given back", token)
     else:
         for (slot, generation), tensor in zip(slots, tensors, strict=True):
-            release = weakref.finalize(tensor.untyped_storage(), _release, flags, slot, generation)
+            try:
+                release = weakref.finalize(tensor.untyped_storage(), _release, flags, slot, generation)
+            except TypeError:  # a torch whose storages take no weak references: the slot stays busy
+                log.debug("slot %d of pool %s cannot be given back by this torch", slot, token)
+                continue
             release.atexit = False  # nothing to give back once the process exits
     return SlotClaim(token=token, board=None, slots=slots, tensors=())
 
