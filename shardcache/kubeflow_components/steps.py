@@ -24,7 +24,6 @@ from ..errors import (
     ConfigError,
     DatasetInUse,
     DatasetNotFound,
-    PrefetchFailed,
     ShardCorrupted,
     ShardMissing,
 )
@@ -264,12 +263,7 @@ def prefetch(
     )
     if report.failed:
         log.error("%s", report.summary())
-        first = report.failed[0]
-        raise PrefetchFailed(
-            f"{len(report.failed)} of {report.shards} shards of {dataset!r} failed (first: shard {first.shard} "
-            f"from {first.source}: {first.reason}); fix the source and run the step again: cached shards are kept",
-            report=report,
-        )
+        raise report.failure(rerun="run the step again")
     log.info("%s", report.summary())
     return PrefetchResult(dataset=dataset, version=report.version, report=report.to_dict(),
                           cache=cache.url.redacted())

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..cache.manifest import Manifest
+from ..errors import PrefetchFailed
 from ..units import format_bytes
 
 __all__ = ["PrefetchReport", "Progress", "ProgressCallback", "ShardFailure"]
@@ -58,6 +59,15 @@ class PrefetchReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def failure(self, *, rerun: str = "run again") -> PrefetchFailed:
+        """The error for a prefetch with failed shards: how many, the first one and why, and ``rerun``."""
+        first = self.failed[0]
+        return PrefetchFailed(
+            f"{len(self.failed)} of {self.shards} shards of {self.dataset!r} failed (first: shard {first.shard} "
+            f"from {first.source}: {first.reason}); fix the source and {rerun}: the cached shards are kept",
+            report=self,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -30,7 +30,6 @@ from ..errors import (
     ConfigError,
     DatasetLocked,
     DatasetNotFound,
-    PrefetchFailed,
     ShardCacheError,
     SourceError,
 )
@@ -89,12 +88,7 @@ def prefetch(
         progress=progress, **options,
     )
     if report.failed:
-        first = report.failed[0]
-        raise PrefetchFailed(
-            f"{len(report.failed)} of {report.shards} shards of {dataset!r} failed (first: shard {first.shard} "
-            f"from {first.source}: {first.reason}); fix the source and run again: the cached shards are kept",
-            report=report,
-        )
+        raise report.failure()
     assert report.manifest is not None
     return report.manifest
 
