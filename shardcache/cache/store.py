@@ -26,6 +26,7 @@ from typing import Any, Literal, overload
 
 import pyarrow as pa
 import redis.exceptions as rex
+import xxhash
 
 from ..errors import (
     AccessDenied,
@@ -246,8 +247,10 @@ class ShardCache:
         if self._pid != pid or self._client is None:
             with self._lock:
                 if self._pid != pid or self._client is None:
-                    # After fork the parent's sockets and threads are not ours: start afresh.
-                    self._client, self._is_cluster = open_client(self.url, self.options, self.retry)
+                    # After fork the parent's sockets and threads are not ours: start afresh, knowing
+                    # from the parent whether this is a cluster.
+                    known = self._is_cluster if self._client is not None else None
+                    self._client, self._is_cluster = open_client(self.url, self.options, self.retry, cluster=known)
                     self._pool = None
                     self._pid = pid
         assert self._client is not None
@@ -588,8 +591,10 @@ class ShardCache:
                 dataset=manifest.name, version=manifest.version, shard=index,
             )
         payload: pa.Buffer | rex.ResponseError | None
+        digest = None
         try:
-            payload = self._read_chunks(shard)
+            read = self._read_chunks(shard)
+            payload, digest = (None, None) if read is None else read
         except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
             payload = exc
         if payload is None:
@@ -599,7 +604,7 @@ class ShardCache:
                 "lost with a node); it is read through from the source, or re-run the prefetch",
                 dataset=manifest.name, version=manifest.version, shard=index,
             )
-        if isinstance(payload, Exception) or payload.size != shard.nbytes or checksum(payload) != shard.checksum:
+        if isinstance(payload, Exception) or payload.size != shard.nbytes or digest != shard.checksum:
             self.stats.add(corrupted=1)
             got = type(payload).__name__ if isinstance(payload, Exception) else f"{payload.size} bytes"
             raise ShardCorrupted(
@@ -610,11 +615,14 @@ class ShardCache:
         self.stats.add(hits=1, bytes_read=shard.nbytes)
         return payload
 
-    def _read_chunks(self, shard: ShardInfo) -> pa.Buffer | None:
-        """The concatenated chunks of ``shard``; None if one is gone. Reading stops as soon as
-        the bytes exceed the recorded size, so a planted record cannot make us read without end."""
+    def _read_chunks(self, shard: ShardInfo) -> tuple[pa.Buffer, str] | None:
+        """The concatenated chunks of ``shard`` and their checksum; None if one is gone. Reading
+        stops as soon as the bytes exceed the recorded size, so a planted record cannot make us
+        read without end."""
         if shard.chunks == 1:
-            return self._get(shard.key)
+            hasher = xxhash.xxh3_64()  # fed while the bytes arrive (bulk.py)
+            payload = self._get(shard.key, hasher=hasher)
+            return None if payload is None else (payload, hasher.hexdigest())
         parts: list[pa.Buffer] = []
         size = 0
         for c in range(shard.chunks):
@@ -625,10 +633,12 @@ class ShardCache:
             size += part.size
             if size > shard.nbytes:
                 break  # corrupt: the checksum check rejects it
-        return pa.py_buffer(b"".join(parts))
+        joined = pa.py_buffer(b"".join(parts))
+        return joined, checksum(joined)
 
-    def _get(self, key: str) -> pa.Buffer | None:
-        """GET of one shard or chunk, with the retry policy.
+    def _get(self, key: str, *, hasher: Any = None) -> pa.Buffer | None:
+        """GET of one shard or chunk, with the retry policy; ``hasher`` (an xxhash object in its
+        initial state) is fed the value.
 
         While no node's breaker is open, the first try reads the value straight into an
         Arrow buffer (bulk.py): this is the hot path. Any failure or unusual reply repeats
@@ -636,10 +646,14 @@ class ShardCache:
         """
         if not self._breaker.tripped:
             try:
-                return read_bulk(self._ensure(), key, cluster=self._is_cluster)
+                return read_bulk(self._ensure(), key, cluster=self._is_cluster, hasher=hasher)
             except (NotBulk, rex.RedisError, rex.RedisClusterException, OSError) as exc:
                 log.debug("direct GET of %s fell back to redis-py: %s", key, type(exc).__name__)
+                if hasher is not None:
+                    hasher.reset()  # it may hold part of the value
         value = self.call("GET", key)
+        if value is not None and hasher is not None:
+            hasher.update(value)
         return None if value is None else pa.py_buffer(value)
 
     def _set(self, key: str, value: memoryview, *, px: int | None) -> None:

@@ -10,8 +10,10 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 import redis.exceptions as rex
+import xxhash
 
-from shardcache.cache import RetryPolicy, ShardCache, connect
+from shardcache.cache import RetryPolicy, ShardCache, checksum, connect
+from shardcache.cache import store as store_module
 from shardcache.cache.bulk import NotBulk, _exchange, _exchange_set, read_bulk, write_bulk
 from shardcache.cache.local_cluster import LocalCluster
 
@@ -31,6 +33,42 @@ def test_same_bytes_as_redis_py(cache: ShardCache, size: int) -> None:
     finally:
         cache.client.delete(k)
     assert read_bulk(cache.client, k, cluster=cache.is_cluster) is None
+
+
+@pytest.mark.parametrize("size", [0, 5, 256 * 1024, 5 * 1024 * 1024 + 3])
+def test_the_checksum_is_taken_while_the_value_arrives(cache: ShardCache, size: int) -> None:
+    k, value = key(), os.urandom(size)
+    cache.client.set(k, value)
+    try:
+        hasher = xxhash.xxh3_64()
+        got = read_bulk(cache.client, k, cluster=cache.is_cluster, hasher=hasher)
+        assert got is not None
+        assert got.to_pybytes() == value
+        assert hasher.hexdigest() == checksum(value), "the payload only, without the trailing CRLF"
+    finally:
+        cache.client.delete(k)
+
+
+def test_a_direct_read_that_fails_midway_leaves_nothing_in_the_checksum(
+    cache: ShardCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    k, value = key(), os.urandom(300_000)
+    cache.client.set(k, value)
+
+    def cut_short(client: object, key: str, *, cluster: bool, hasher: object = None) -> None:
+        if hasher is not None:
+            hasher.update(value[:1000])  # type: ignore[attr-defined]
+        raise rex.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(store_module, "read_bulk", cut_short)
+    try:
+        hasher = xxhash.xxh3_64()
+        got = cache._get(k, hasher=hasher)  # falls back to redis-py
+        assert got is not None
+        assert got.to_pybytes() == value
+        assert hasher.hexdigest() == checksum(value)
+    finally:
+        cache.client.delete(k)
 
 
 @pytest.mark.parametrize("size", [0, 1, 200, 65_536, 5 * 1024 * 1024 + 3])
