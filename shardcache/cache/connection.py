@@ -93,15 +93,21 @@ def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
     raise last
 
 
-def open_client(url: CacheURL, options: ConnectOptions, retry: RetryPolicy) -> tuple[Client, bool]:
+def open_client(
+    url: CacheURL, options: ConnectOptions, retry: RetryPolicy, *, cluster: bool | None = None
+) -> tuple[Client, bool]:
     """A client for ``url``: ``RedisCluster`` when the server runs in cluster mode.
 
-    Returns ``(client, is_cluster)``; connection failures are retried until
-    ``retry``'s deadline and then raise CacheUnavailable.
+    ``cluster`` says whether it does when that is known already (a forked DataLoader worker knows
+    it from its parent), which saves a connection and a round trip. Returns ``(client, is_cluster)``;
+    connection failures are retried until ``retry``'s deadline and then raise CacheUnavailable.
     """
-    host, port, is_cluster = retry.call(
-        lambda: _probe(url, options), what=f"connecting to {url.redacted()}", node=url.redacted
-    )
+    if cluster:
+        host, port, is_cluster = *url.seeds[0], True
+    else:
+        host, port, is_cluster = retry.call(
+            lambda: _probe(url, options), what=f"connecting to {url.redacted()}", node=url.redacted
+        )
     kwargs = _kwargs(url, options)
     if not is_cluster:
         pool_cls = redis.BlockingConnectionPool
