@@ -194,8 +194,9 @@ class CachedDataset(IterableDataset[Any]):
             batch_size=batch_size,
             drop_last=self.drop_last if drop_last is None else drop_last,
             window=window,
-            # One window of batches per worker keeps each worker on its own shards. Without the
-            # loader to restore the order, workers take turns batch by batch (plain DataLoader order).
+            # One window of batches per worker keeps each worker on its own shards (the CachedDataLoader
+            # may give each several). Without the loader to restore the order, workers take turns batch
+            # by batch (plain DataLoader order).
             chunk=max(1, window // batch_size) if chunked else 1,
             tagged=tagged,
             lease=lease,
@@ -223,18 +224,24 @@ class CachedDataset(IterableDataset[Any]):
     # -- reading ------------------------------------------------------------------------
 
     @property
+    def sample_nbytes(self) -> float:
+        """Mean bytes of one sample in the cache (all columns)."""
+        return sum(self.shard_nbytes) / max(1, sum(self.rows))
+
+    @property
     def shard_nbytes(self) -> list[int]:
         """Bytes of each shard: as recorded, or the mean of the recorded ones for shards not cached yet."""
         recorded = [s.nbytes for s in self.manifest.shards if s.cached]
         mean = int(np.mean(recorded)) if recorded else 1 << 20
         return [s.nbytes if s.cached else mean for s in self.manifest.shards]
 
-    @property
-    def readahead_bytes(self) -> int:
+    def readahead_bytes(self, window: int) -> int:
+        """Bytes of shards each worker may hold with shuffle window ``window``: as given, else two
+        windows' worth (every batch of a window reads the window's shards), at least MIN_READAHEAD."""
         if self._readahead_arg is not None:
             return self._readahead_arg
         sizes = self.shard_nbytes
-        window_shards = math.ceil(default_window(self.rows) / max(1.0, sum(self.rows) / len(self.rows)))
+        window_shards = math.ceil(window / max(1.0, sum(self.rows) / len(self.rows)))
         return max(MIN_READAHEAD, 2 * (window_shards + 1) * int(np.mean(sizes)))
 
     def refresh(self) -> None:

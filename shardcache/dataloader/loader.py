@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,11 +31,11 @@ from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
 from .device import DevicePrefetcher
 from .plan import PlanSegment, resume_point
-from .slots import POOL_SLOTS
+from .slots import POOL_SLOTS, forget, forget_gone
 from .spec import IterSpec
 from .state import LoaderState, merge_rank_states, rows_digest
 from .stats import LoaderStats
-from .worker import TaggedBatch, drop_lease, raise_error, take_lease
+from .worker import TaggedBatch, chunk_batches, drop_lease, raise_error, take_lease
 
 __all__ = ["CachedDataLoader"]
 
@@ -143,6 +144,10 @@ class CachedDataLoader(DataLoader):
         self._resume: int | None = None  # the first batch of the next iteration, after load_state_dict
         self._consumed = 0  # batches of the current layout this rank has delivered in this epoch
         self._totals = LoaderStats().as_counters()  # summed per batch on the hot path; stats() snapshots
+        # The slot pools of the workers whose batches arrived here (see slots.py): their block
+        # descriptors are closed once the workers are gone, or with the loader.
+        self._pools: set[str] = set()
+        weakref.finalize(self, forget, self._pools)
 
     @property
     def cached_dataset(self) -> CachedDataset:
@@ -166,11 +171,18 @@ class CachedDataLoader(DataLoader):
             epoch=self._epoch, history=self._history, start=self._resume or 0, batch_size=self.batch_size,
             drop_last=self.drop_last, window=self._window, tagged=True, lease=False, chunked=True,
         )  # fmt: skip
+        num_batches = self.cached_dataset.plan(spec).num_batches
         if self.num_workers > 0:
             # A worker's batches in flight: the prefetched ones, the one in the training loop, and those
             # of its chunk waiting to be put back in order. More get fresh blocks, freed after use.
-            spec = dataclasses.replace(spec, pool_slots=min(POOL_SLOTS, (self.prefetch_factor or 2) + spec.chunk))
-        return _Run(spec, self.cached_dataset.plan(spec).num_batches)
+            prefetch = self.prefetch_factor or 2
+            chunk = chunk_batches(
+                batches_per_window=spec.chunk, window_bytes=spec.window * self.cached_dataset.sample_nbytes,
+                windows=-(-(num_batches - spec.start) // spec.chunk), num_workers=self.num_workers,
+                max_batches=POOL_SLOTS - prefetch,
+            )  # fmt: skip
+            spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk))
+        return _Run(spec, num_batches)
 
     def __len__(self) -> int:
         """Batches the next iteration yields on this rank (all of the epoch, or what a resume left)."""
@@ -218,6 +230,7 @@ class CachedDataLoader(DataLoader):
                 yield batch
         finally:
             source = ordered = None  # see _in_order: the workers stop now, not with a traceback
+            forget_gone(self._pools)
             drop_lease(lease, ds.name)
 
     def _in_order(self, source: Any, run: _Run) -> Iterator[tuple[int, int, Any]]:
@@ -231,6 +244,8 @@ class CachedDataLoader(DataLoader):
                 raise_error(item.error)
             for name, value in item.counters.items():
                 self._totals[name] += value
+            if item.claim is not None:
+                self._pools.add(item.claim.token)
             pending[item.number] = item
             while expected in pending:
                 ready = pending.pop(expected)

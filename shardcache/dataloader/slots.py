@@ -14,9 +14,15 @@ freed, and only if the entry still holds that generation. The worker reuses a sl
 that never comes back (a batch still queued when the workers stop) is simply not reused; when every
 slot is busy the worker allocates a fresh segment, as PyTorch would.
 
-Each shared storage a batch carries costs a round trip to the worker for its file descriptor, so
-the board travels once per iteration (with the first claim) and the main process keeps it by the
-pool's token; later claims name the token only.
+Passing a file descriptor costs a round trip to the worker (a connection, an authentication and a
+``sendmsg``), about 0.7 ms per batch, so a pool block crosses over by its descriptor only once. In
+the worker, a reducer registered on ``ForkingPickler`` sends a pool block as ``(token, slot,
+incarnation)``, with its descriptor the first time only; the main process keeps that descriptor
+and maps the block afresh for each batch, so every batch still has a storage of its own for the
+release to watch. The main process forgets a pool's descriptors once its worker is gone
+(:func:`forget_gone`, at the end of each iteration of a CachedDataLoader) or when the loader is
+garbage (:func:`forget`). The board travels once per iteration (with the first claim) and the main
+process keeps it by the pool's token too; later claims name the token only.
 
 Worker-side code must not keep references to batch tensors after it returns the batch: the memory
 behind them is rewritten once the main process is done with it.
@@ -27,16 +33,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from multiprocessing.reduction import DupFd, ForkingPickler
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.multiprocessing.reductions import reduce_storage
 
-__all__ = ["Acquired", "SlotClaim", "SlotPool", "shared_bytes", "worker_pool"]
+__all__ = ["Acquired", "SlotClaim", "SlotPool", "forget", "forget_gone", "shared_bytes", "worker_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,57 @@ def _release(flags: np.ndarray[Any, Any], slot: int, generation: int) -> None:
         flags[slot] = 0
 
 
+# The main process's descriptors of the pool blocks it received: token -> slot -> (incarnation, fd).
+_descriptors: dict[str, dict[int, tuple[int, int]]] = {}
+_descriptors_lock = threading.Lock()  # unpickling runs on the pin-memory thread too
+
+
+def _map_block(token: str, slot: int, incarnation: int, nbytes: int, df: Any) -> torch.UntypedStorage:
+    """Unpickling a pool block in the main process: a new mapping of it, from the descriptor kept
+    since its first batch (``df`` brings it, that first time)."""
+    with _descriptors_lock:
+        blocks = _descriptors.setdefault(token, {})
+        if df is not None:
+            old = blocks.get(slot)
+            blocks[slot] = (incarnation, df.detach())
+            if old is not None:
+                os.close(old[1])  # the worker replaced that block: batches already mapped keep theirs
+        held = blocks.get(slot)
+        if held is None or held[0] != incarnation:
+            raise RuntimeError(
+                f"a batch names block {slot}.{incarnation} of worker pool {token}, whose descriptor this process "
+                "does not hold; this is a bug in shardcache, please report it"
+            )
+        return torch.UntypedStorage._new_shared_fd_cpu(held[1], nbytes)  # type: ignore[attr-defined]
+
+
+def forget(tokens: Iterable[str]) -> None:
+    """Close the descriptors and drop the boards of these pools (their workers are gone). Batches
+    already delivered keep their memory."""
+    with _descriptors_lock:
+        for token in list(tokens):
+            for _, fd in _descriptors.pop(token, {}).values():
+                os.close(fd)
+            _boards.pop(token, None)
+
+
+def forget_gone(tokens: set[str]) -> None:
+    """:func:`forget` the pools of ``tokens`` whose worker process has exited, and discard them from ``tokens``."""
+    gone = {token for token in tokens if not _alive(int(token.split("-", 1)[0]))}
+    forget(gone)
+    tokens -= gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: ours is gone
+        return False
+    return True
+
+
 class Acquired(NamedTuple):
     """A buffer from :meth:`SlotPool.acquire`: ``slot`` is ``(index, generation)``, or None when unpooled."""
 
@@ -125,6 +185,35 @@ class SlotPool:
         self._flags = self.board.numpy()
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._generations = itertools.count(1)
+        self._blocks: dict[int, tuple[int, int]] = {}  # storage (its _cdata) -> (slot, incarnation)
+        self._incarnations = [0] * slots  # of each slot's current block: the generation that made it
+        self._announced = [0] * slots  # the incarnation whose descriptor was sent, per slot
+
+    def _drop(self, index: int) -> None:
+        buffer = self._buffers[index]
+        if buffer is not None:
+            self._blocks.pop(buffer.untyped_storage()._cdata, None)
+        self._buffers[index] = None
+
+    def _new_block(self, index: int, nbytes: int, generation: int) -> None:
+        # Always backed by a file descriptor, whatever the sharing strategy: describe() sends that.
+        storage = torch.UntypedStorage._new_using_fd_cpu(nbytes)
+        self._buffers[index] = torch.empty(0, dtype=torch.uint8).set_(storage)
+        self._blocks[storage._cdata] = (index, generation)
+        self._incarnations[index] = generation
+
+    def describe(self, storage: torch.UntypedStorage) -> tuple[Any, ...] | None:
+        """How to pickle ``storage`` if it is one of this pool's blocks (see the module docstring), else None."""
+        found = self._blocks.get(storage._cdata)
+        if found is None:
+            return None
+        slot, incarnation = found
+        df = None
+        if self._announced[slot] != incarnation:
+            fd, _ = storage._share_fd_cpu_()
+            df = DupFd(fd)
+            self._announced[slot] = incarnation
+        return (_map_block, (self.token, slot, incarnation, storage.nbytes(), df))
 
     def acquire(self, nbytes: int, *, limit: int | None = None) -> Acquired:
         """A shared uint8 tensor of ``nbytes``, from a free buffer of the same size (or up to twice it);
@@ -135,7 +224,7 @@ class SlotPool:
         used = len(buffers) if limit is None else max(0, min(limit, len(buffers)))
         for i in range(used, len(buffers)):
             if buffers[i] is not None and flags[i] == 0:
-                buffers[i] = None
+                self._drop(i)
         free = [i for i in range(used) if flags[i] == 0]
         fits = [i for i in free if (b := buffers[i]) is not None and nbytes <= b.numel() <= 2 * nbytes]
         if fits:
@@ -144,12 +233,13 @@ class SlotPool:
         elif free:
             empty = [i for i in free if buffers[i] is None]
             index = empty[0] if empty else free[0]
-            buffers[index] = None  # unmap the old buffer before mapping the new one
-            buffers[index] = shared_bytes(nbytes)
+            self._drop(index)  # unmap the old buffer before mapping the new one
             reused = False
         else:
             return Acquired(shared_bytes(nbytes), None, False)
         generation = next(self._generations)
+        if not reused:
+            self._new_block(index, nbytes, generation)
         flags[index] = generation
         buffer = buffers[index]
         assert buffer is not None
@@ -172,10 +262,18 @@ _pools: dict[int, SlotPool] = {}  # by process id: a forked child starts its own
 
 
 def worker_pool() -> SlotPool:
-    """This process's pool (one per worker process)."""
+    """This process's pool (one per worker process); its blocks are pickled by descriptor from now on."""
     pid = os.getpid()
     pool = _pools.get(pid)
     if pool is None:
         _pools.clear()  # the parent's, inherited through fork
         pool = _pools[pid] = SlotPool()
+        ForkingPickler.register(torch.UntypedStorage, _reduce_storage)
     return pool
+
+
+def _reduce_storage(storage: torch.UntypedStorage) -> tuple[Any, ...]:
+    """ForkingPickler's reducer for storages in a worker: a pool block by descriptor, others as torch does."""
+    pool = _pools.get(os.getpid())
+    described = None if pool is None else pool.describe(storage)
+    return reduce_storage(storage) if described is None else described

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TaggedBatch",
     "batch_groups",
+    "chunk_batches",
     "drop_lease",
     "iterate_batches",
     "raise_error",
@@ -46,6 +47,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PortableError = tuple[type[BaseException], str, dict[str, Any]]
+
+CHUNK_BYTES = 64 * 1024 * 1024
+MIN_CHUNKS_PER_WORKER = 4
 
 
 class TaggedBatch(NamedTuple):
@@ -81,6 +85,22 @@ def raise_error(error: BaseException | PortableError) -> None:
 
 def _portable(exc: BaseException, in_worker: bool) -> BaseException | PortableError:
     return (type(exc), str(exc), dict(exc.__dict__)) if in_worker else exc
+
+
+def chunk_batches(
+    *, batches_per_window: int, window_bytes: float, windows: int, num_workers: int, max_batches: int
+) -> int:
+    """Consecutive batches one worker builds: whole windows, about CHUNK_BYTES and at most
+    ``max_batches`` of them, yet at least MIN_CHUNKS_PER_WORKER chunks per worker in an epoch of
+    ``windows`` windows.
+
+    A shard cut by the border between two workers' chunks is read by both, so longer chunks read less
+    twice (one shard in five with windows of four shards). Their price is memory: the loader holds up
+    to a chunk of batches of each other worker while it puts them back in order.
+    """
+    by_bytes = int(CHUNK_BYTES // max(1.0, window_bytes))
+    by_workers = windows // (max(1, num_workers) * MIN_CHUNKS_PER_WORKER)
+    return batches_per_window * max(1, min(by_bytes, by_workers, max_batches // batches_per_window))
 
 
 def worker_batches(num_batches: int, *, start: int, chunk: int, worker: int, num_workers: int) -> np.ndarray:
@@ -166,7 +186,7 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
     offsets = row_offsets(ds.rows)
     lease = take_lease(ds) if spec.lease else None
-    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes, threads=ds.read_threads,
+    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=ds.read_threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
     j = int(mine[0])
     try:

@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing  # registers the tensor reductions on ForkingPickler
 
 from shardcache.cache import Manifest, ShardCache
-from shardcache.dataloader import CachedDataLoader
+from shardcache.dataloader import CachedDataLoader, slots
 from shardcache.dataloader.slots import POOL_MIN_BYTES, SlotPool
 from shardcache.prefetcher import prefetch
 
@@ -94,6 +94,61 @@ def test_an_epoch_left_midway_leaves_the_next_one_whole(big_rows: Manifest, cach
         for batch in kept + whole:
             check(batch)
         assert sorted(i for b in whole for i in b["id"].tolist()) == list(range(ROWS))
+
+
+def test_a_block_crosses_by_its_descriptor_once(
+    big_rows: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int, int, bool]] = []
+    original = slots._map_block
+
+    def recording(token: str, slot: int, incarnation: int, nbytes: int, df: object) -> torch.UntypedStorage:
+        seen.append((token, slot, incarnation, df is not None))
+        return original(token, slot, incarnation, nbytes, df)
+
+    # Pickled by reference in the (forked) workers: it must be found under the original's name.
+    recording.__module__, recording.__qualname__ = original.__module__, original.__qualname__
+    monkeypatch.setattr(slots, "_map_block", recording)
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3,
+                              persistent_workers=True)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            check(batch)
+    first: dict[tuple[str, int, int], bool] = {}
+    for token, slot, incarnation, with_descriptor in seen:
+        first.setdefault((token, slot, incarnation), with_descriptor)
+    assert first
+    assert all(first.values()), "the first batch in a block brings its descriptor"
+    assert sum(d for *_, d in seen) == len(first), "and no later batch does"
+    assert len(seen) > 2 * len(first), "blocks are reused across batches and epochs"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc")
+def test_descriptors_are_closed_once_the_workers_are_gone(big_rows: Manifest, cache: ShardCache) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    loader = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3)
+    list(loader)  # connections and the like, opened once
+    gc.collect()
+    before = open_fds()
+    for _ in range(3):
+        for batch in loader:
+            check(batch)
+    gc.collect()
+    assert not loader._pools, "each iteration's workers exited, and their pools were forgotten"
+    assert open_fds() <= before + 2
+    persistent = CachedDataLoader(big_rows.name, cache=cache, batch_size=BATCH, num_workers=2, seed=3,
+                                  persistent_workers=True)
+    for batch in persistent:
+        check(batch)
+    tokens = set(persistent._pools)
+    assert tokens
+    assert tokens <= set(slots._descriptors), "the workers live on: their descriptors are kept"
+    del persistent, batch
+    gc.collect()
+    assert not tokens & set(slots._descriptors), "forgotten with the loader"
 
 
 @pytest.mark.slow

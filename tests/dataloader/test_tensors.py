@@ -9,8 +9,8 @@ import torch
 
 from shardcache.dataloader.plan import EpochPlan
 from shardcache.dataloader.shuffle import row_offsets
-from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, column_specs
-from shardcache.dataloader.worker import batch_groups, shard_schedule, worker_batches
+from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, _runs, column_specs
+from shardcache.dataloader.worker import batch_groups, chunk_batches, shard_schedule, worker_batches
 from shardcache.errors import ConfigError
 
 
@@ -150,6 +150,27 @@ def test_workers_take_whole_chunks_and_together_every_batch():
     assert sorted(j for c in chunks for j in c) == list(range(5, 23))
     assert chunks[0][:3] == [5, 6, 7], "the first chunk ends on a multiple of the chunk size"
     assert chunks[1][:4] == [8, 9, 10, 11]
+
+
+def test_chunks_are_whole_windows_bounded_by_bytes_pool_and_workers():
+    mib = 1 << 20
+    # 10 MiB windows of 2 batches: six windows fit in CHUNK_BYTES (64 MiB).
+    assert chunk_batches(batches_per_window=2, window_bytes=10 * mib, windows=1000, num_workers=2,
+                         max_batches=100) == 12  # fmt: skip
+    # The pool bounds it (in whole windows), and every worker still gets several chunks.
+    assert chunk_batches(batches_per_window=2, window_bytes=10 * mib, windows=1000, num_workers=2,
+                         max_batches=7) == 6  # fmt: skip
+    assert chunk_batches(batches_per_window=2, window_bytes=10 * mib, windows=16, num_workers=2,
+                         max_batches=100) == 4  # fmt: skip
+    # Never less than one window, whatever the bounds.
+    assert chunk_batches(batches_per_window=3, window_bytes=500 * mib, windows=1, num_workers=8,
+                         max_batches=1) == 3  # fmt: skip
+
+
+def test_gather_copies_runs_of_consecutive_rows_at_once():
+    assert _runs(np.array([0, 1, 2, 5, 6, 3]), np.array([7, 8, 9, 0, 1, 2])) == [(0, 7, 3), (5, 0, 2), (3, 2, 1)]
+    assert _runs(np.array([4]), np.array([9])) == [(4, 9, 1)]
+    assert _runs(np.array([0, 1]), np.array([3, 2])) == [(0, 3, 1), (1, 2, 1)], "rows must go up too"
 
 
 def test_shard_schedule_lists_first_and_last_use():
