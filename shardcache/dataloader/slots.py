@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 POOL_SLOTS = 16
 POOL_MIN_BYTES = 1 << 20  # smaller outputs are cheap to allocate afresh
+_PAGE = 4096
 
 
 def shared_bytes(nbytes: int) -> torch.Tensor:
@@ -244,6 +245,19 @@ class SlotPool:
         buffer = buffers[index]
         assert buffer is not None
         return Acquired(buffer[:nbytes], (index, generation), reused)
+
+    def reserve(self, nbytes: int, *, limit: int) -> int:
+        """Fill the empty slots among the first ``limit`` with blocks of ``nbytes``, every page faulted
+        in (the kernel zero-fills a shared page when it is first touched); returns how many were made."""
+        made = 0
+        for index in range(min(limit, len(self._buffers))):
+            if self._buffers[index] is None and self._flags[index] == 0:
+                self._new_block(index, nbytes, next(self._generations))
+                buffer = self._buffers[index]
+                assert buffer is not None
+                buffer.numpy()[::_PAGE] = 0
+                made += 1
+        return made
 
     def give_back(self, slot: tuple[int, int]) -> None:
         """Free a slot whose batch was never sent (an error while building it)."""

@@ -194,11 +194,7 @@ class BatchBuilder:
             return outputs
         # In a worker, every column in one shared-memory block: sending the batch to the main process
         # then copies nothing and passes one file descriptor.
-        offsets, total = [], 0
-        for _, shape, dtype in layout:
-            total = -(-total // _ALIGN) * _ALIGN
-            offsets.append(total)
-            total += math.prod(shape) * dtype.itemsize
+        offsets, total = self._block_layout(layout)
         if self._slots is not None and total >= POOL_MIN_BYTES:
             block, slot, reused = self._slots.acquire(total, limit=self._slot_limit)
         else:
@@ -210,6 +206,28 @@ class BatchBuilder:
             tensor = block[offset : offset + math.prod(shape) * dtype.itemsize].view(_torch_dtype(dtype)).view(shape)
             outputs[name] = (tensor, tensor.numpy())
         return outputs
+
+    @staticmethod
+    def _block_layout(layout: Sequence[tuple[str, tuple[int, ...], np.dtype[Any]]]) -> tuple[list[int], int]:
+        """Where each column of ``layout`` starts in a batch's block, and the block's size."""
+        offsets, total = [], 0
+        for _, shape, dtype in layout:
+            total = -(-total // _ALIGN) * _ALIGN
+            offsets.append(total)
+            total += math.prod(shape) * dtype.itemsize
+        return offsets, total
+
+    def reserve(self, size: int, *, batches: int) -> int:
+        """Create the pool's blocks for ``batches`` batches of ``size`` now, their pages faulted in (a
+        worker calls it while its first shards load, when it has nothing else to do); returns how
+        many blocks it created."""
+        if self._slots is None:
+            return 0
+        layout = [(s.name, (size, *s.shape), s.dtype) for s in self.specs if s.kind == "tensor" and s.dtype]
+        _, total = self._block_layout(layout)
+        if total < POOL_MIN_BYTES:
+            return 0
+        return self._slots.reserve(total, limit=min(self._slot_limit, batches))
 
     def gather(
         self, parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]], size: int

@@ -50,6 +50,7 @@ PortableError = tuple[type[BaseException], str, dict[str, Any]]
 
 CHUNK_BYTES = 64 * 1024 * 1024
 MIN_CHUNKS_PER_WORKER = 4
+RESERVED_BLOCKS = 2  # blocks a worker makes while its first shards load: those of its first batches
 
 
 class TaggedBatch(NamedTuple):
@@ -188,6 +189,7 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     lease = take_lease(ds) if spec.lease else None
     ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=ds.read_threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
+    builder.reserve(spec.batch_size, batches=min(len(mine), RESERVED_BLOCKS))  # while the first shards load
     j = int(mine[0])
     try:
         for pos, j_ in enumerate(mine.tolist()):

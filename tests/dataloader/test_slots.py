@@ -212,6 +212,17 @@ def test_a_slot_comes_back_only_when_its_storage_is_freed() -> None:
     assert pool.acquire(4096).slot is None, "both slots busy: a fresh, unpooled buffer"
 
 
+def test_reserved_blocks_are_the_ones_batches_then_use() -> None:
+    pool = SlotPool(slots=4)
+    held = pool.acquire(8192, limit=3)
+    assert pool.reserve(8192, limit=3) == 2, "the two empty slots within the limit"
+    assert pool.reserve(8192, limit=3) == 0, "nothing left to make"
+    got = [pool.acquire(8192, limit=3) for _ in range(2)]
+    assert all(g.reused for g in got), "built in the reserved blocks, no fresh segment"
+    assert sorted(g.slot[0] for g in got if g.slot) == [1, 2]
+    assert held.slot == (0, 1)
+
+
 def test_a_stale_release_does_not_free_a_newer_generation() -> None:
     pool = SlotPool(slots=1)
     first = pool.acquire(100)
