@@ -2,8 +2,10 @@
 
 ``python -m comparison.child SPEC`` where SPEC is a JSON object with ``"system"`` and
 that system's arguments. The last line on stdout is ``RESULT {json}``: seconds,
-bytes, samples, time to first batch where it applies, and the peak memory of the
-process and its workers (see :mod:`comparison.rss`). Every run starts from a fresh
+bytes, samples, and the peak memory of the process and its workers (see
+:mod:`comparison.rss`). DataLoader-based systems are measured on a warm epoch with
+persistent workers, after a cold first epoch whose time to first batch, seconds and
+samples come too (see :mod:`comparison.drive`). Every run starts from a fresh
 interpreter, so one system's memory never shows up in another's figure.
 """
 
@@ -141,7 +143,8 @@ def handloop(
 ) -> dict[str, Any]:
     """A minimal hand-written Redis -> DataLoader loop: what any Redis-based loader could reach through
     torch's DataLoader. Each worker GETs its shards, opens them as Arrow without a copy and yields
-    zero-copy batch views; no checksum, no shuffle, no batches across shards, no read-ahead."""
+    zero-copy batch views; no checksum, no shuffle, no batches across shards, no read-ahead.
+    Measured like the other loaders: a warm epoch after a cold one, workers kept alive."""
     import numpy as np
     import pyarrow as pa
     import redis.cluster  # imported before the clock starts, as shardcache is for CachedDataLoader
@@ -169,7 +172,7 @@ def handloop(
                     yield {"image": torch.from_numpy(flat[start : start + batch_size]),
                            "label": torch.from_numpy(label[start : start + batch_size])}
 
-    return drive(lambda: DataLoader(Shards(), batch_size=None, num_workers=workers, persistent_workers=False))
+    return drive(lambda: DataLoader(Shards(), batch_size=None, num_workers=workers, persistent_workers=workers > 0))
 
 
 def set_loop(*, host: str, port: int, raw_file: str, nbytes: int, value_size: int, rows: int) -> dict[str, Any]:
@@ -209,13 +212,14 @@ def prefetch(*, source: str, url: str, dataset: str, shard_size: int, keep: bool
 
 
 def cached(*, url: str, dataset: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """One epoch of CachedDataLoader, unshuffled like every other system here."""
+    """A cold then a warm epoch of CachedDataLoader (persistent workers), unshuffled like every other system here."""
     from shardcache.dataloader import CachedDataLoader, CachedDataset
 
     def make() -> Any:
         ds = CachedDataset(dataset, cache=url, shuffle=False)
+        # torch refuses persistent_workers without workers.
         return CachedDataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=False,
-                                persistent_workers=False)
+                                persistent_workers=workers > 0)
 
     return drive(make)
 
@@ -265,13 +269,13 @@ def _parquet_dataset(files: list[str], batch_size: int, s3: dict[str, Any] | Non
 def parquet(
     *, files: list[str], workers: int, batch_size: int, shape: list[int], s3: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """One epoch of ``torch.utils.data.DataLoader`` over Parquet files read with pyarrow."""
+    """A cold then a warm epoch of ``torch.utils.data.DataLoader`` (persistent workers) over Parquet files."""
     from torch.utils.data import DataLoader
 
     def make() -> Any:
         return DataLoader(
             _parquet_dataset(files, batch_size, s3, shape), batch_size=None, num_workers=workers,
-            persistent_workers=False,
+            persistent_workers=workers > 0,
         )
 
     result = drive(make)

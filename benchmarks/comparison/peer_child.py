@@ -84,7 +84,8 @@ def litdata_write(*, raw_dir: str, shape: list[int], out: str, shard_size: int) 
 
 
 def mds_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """One epoch of ``StreamingDataset`` over local MDS shards: no remote, no shuffle (its fastest)."""
+    """A cold then a warm epoch of ``StreamingDataset`` over local MDS shards (persistent workers): no remote,
+    no shuffle (its fastest)."""
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
     from torch.utils.data import DataLoader
@@ -93,18 +94,22 @@ def mds_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
 
     def make() -> Any:
         ds = StreamingDataset(local=data, remote=None, batch_size=batch_size, shuffle=False)
-        return DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=False)
+        return DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
 
     return drive(make)
 
 
 def litdata_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """One epoch of LitData's ``StreamingDataset`` + ``StreamingDataLoader`` over local chunks."""
+    """A cold then a warm epoch of LitData's ``StreamingDataset`` + ``StreamingDataLoader`` over local chunks.
+
+    ``StreamingDataLoader`` subclasses torch's DataLoader and passes ``persistent_workers`` on to it.
+    """
     import litdata
 
     def make() -> Any:
         ds = litdata.StreamingDataset(input_dir=data, shuffle=False)
-        return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers)
+        return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                           persistent_workers=workers > 0)
 
     return drive(make)
 

@@ -17,7 +17,7 @@ from .conftest import COMPARE
 
 SYSTEM_KEYS = {
     "key", "family", "system", "group", "workers", "batch_size", "mb_per_s", "samples_per_s", "first_batch_s",
-    "steady_samples_per_s",
+    "first_epoch_samples_per_s",
     "peak_rss_mb", "rounds", "shardcache_ratio", "status", "note", "runs",
 }
 TARGETS = {
@@ -35,6 +35,7 @@ def test_help_names_the_options() -> None:
     out = subprocess.run([sys.executable, str(COMPARE), "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--quick", "--size", "--no-peers", "--json-out", "--chart", "--scaling"):
         assert option in out
+    assert "measured on a warm epoch (persistent workers)" in " ".join(out.split())
 
 
 @pytest.mark.slow
@@ -66,6 +67,13 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
         assert rows[key]["peak_rss_mb"] > 0
         assert len(rows[key]["runs"]) == 1
     assert rows["cached/w0/b64"]["first_batch_s"] > 0
+    # DataLoader systems: a warm epoch measured after a cold one, which is reported too.
+    for key in ("handloop/w0/b64", "cached/w0/b64", "parquet/w0/b64", "s3/w0/b64"):
+        run = rows[key]["runs"][0]
+        assert run["first_epoch_samples"] == run["samples"]
+        assert run["first_epoch_s"] >= run["first_batch_s"] > 0
+        assert rows[key]["first_epoch_samples_per_s"] > 0
+    assert rows["get/w0"]["first_epoch_samples_per_s"] is None
     assert rows["cached/w0/b64"]["shardcache_ratio"] == pytest.approx(1.0)
     for key in ("mds/w0/b64", "litdata/w0/b64"):
         assert rows[key]["status"] == "skipped"
@@ -80,6 +88,8 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
     assert targets["CachedDataLoader / MosaicML Streaming (local disk)"]["status"] == "SKIP"
 
     assert "samples/s" in printed
+    assert "1st epoch samples/s" in printed
+    assert "first epoch (cold: worker start-up, connections, first shards)" in printed
     assert "CachedDataLoader" in printed
     assert "targets" in printed
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

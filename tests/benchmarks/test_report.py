@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -21,7 +23,8 @@ def _outcome(key: str, family: str, *, workers: int | None, batch: int | None, s
 
     system = System(key=key, family=family, name=family, group=group, spec={}, python="python", workers=workers,
                     batch_size=batch)
-    run = {"seconds": seconds, "samples": samples, "nbytes": samples * 1000, "peak_rss": rss, "first_batch_s": 0.1}
+    run = {"seconds": seconds, "samples": samples, "nbytes": samples * 1000, "peak_rss": rss, "first_batch_s": 0.1,
+           "first_epoch_s": seconds * 2, "first_epoch_samples": samples}
     return Outcome(system, runs=[run, {**run, "seconds": seconds * 3}, {**run, "seconds": seconds * 0.9}])
 
 
@@ -39,12 +42,15 @@ def test_targets_pass_and_miss_on_ratios_of_the_same_run(compare: ModuleType) ->
     by_key = {r.key: r for r in rows}
     # Medians of 1.0, 3.0 and 0.9 s.
     assert by_key["cached/w0/b64"].samples_per_s == pytest.approx(1000.0)
+    assert by_key["cached/w0/b64"].first_epoch_samples_per_s == pytest.approx(500.0)  # first epochs of 2, 6, 1.8 s
     assert by_key["parquet/w0/b64"].shardcache_ratio == pytest.approx(2.0)
     assert by_key["set"].shardcache_ratio == pytest.approx(1.25)
     scaling = {"rss_growth_x4": 1.02}
     targets = {t.name: t for t in report.build_targets(rows, workers=[0], scaling=scaling)}
     assert targets["CachedDataLoader / bare GET loop (workers=0)"].status == "MISS"
     assert targets["CachedDataLoader / bare GET loop (workers=0)"].value == pytest.approx(0.5)
+    assert "first epoch (cold: worker start-up, connections, first shards) 0.25x" in \
+        targets["CachedDataLoader / bare GET loop (workers=0)"].detail
     assert targets["CachedDataLoader / plain Parquet DataLoader (local disk)"].status == "PASS"
     assert targets["CachedDataLoader / direct S3, no cache"].status == "MISS"  # 4x < 5x
     assert targets["prefetch / bare SET loop"].status == "PASS"
@@ -76,16 +82,15 @@ def test_scaling_summary_reports_linear_time_and_flat_memory(compare: ModuleType
     def point(factor: int, seconds: float, rss: float) -> dict[str, object]:
         return {"factor": factor, "shard_size": 4 << 20, "rows": 100 * factor, "bytes": 10**8 * factor,
                 "prefetch_s": seconds * 2, "prefetch_mb_per_s": 50.0,
-                "loader": {"0": {"batch_size": 256, "seconds": seconds, "after_first_batch_s": seconds - 0.1,
-                                 "mb_per_s": 1.0, "peak_rss_mb": rss}}}
+                "loader": {"0": {"batch_size": 256, "seconds": seconds, "mb_per_s": 1.0, "peak_rss_mb": rss}}}
 
     points = [point(1, 1.0, 400.0), point(2, 2.1, 404.0), point(4, 3.9, 408.0)]
     summary = _summary(points, 4 << 20)
     assert summary["rss_growth_x4"] == pytest.approx(1.02)
     assert summary["time_ratio_x4_by_workers"]["0"] == pytest.approx(3.9)
     text = render_scaling({"points": points, **summary})
-    assert summary["time_after_first_batch_ratio_x4_by_workers"]["0"] == pytest.approx(3.8 / 0.9)
-    assert "loader time x4/x1 (linear = 4.00): w=0: 3.90" in text
+    assert "loader time x4/x1 (linear = 4.00): w=0: 3.90; prefetch x4/x1: 3.90" in text
+    assert "after the first batch" not in text
 
 
 def test_options_are_validated_with_the_fix_named(compare: ModuleType) -> None:
@@ -109,3 +114,25 @@ def test_peers_are_never_used_in_ci(compare: ModuleType) -> None:
     assert default_size(available=100 * 10**9, cpus=8) == 2 * 10**9
     assert default_size(available=100 * 10**9, cpus=2) == 2 * 512 * 10**6
     assert default_size(available=10**9, cpus=8) == 512 * 10**6
+
+
+def test_from_json_reports_a_file_saved_by_an_older_version(compare: ModuleType, tmp_path: Path) -> None:
+    old_run = {"seconds": 1.0, "samples": 1000, "nbytes": 10**6, "peak_rss": 10**8, "first_batch_s": 0.1}
+    new_run = {**old_run, "first_epoch_s": 4.0, "first_epoch_samples": 1000}
+
+    def row(key: str, family: str, workers: int | None, run: dict[str, object]) -> dict[str, object]:
+        return {"key": key, "family": family, "system": family, "group": "limit", "workers": workers,
+                "batch_size": None, "samples_per_s": 1000.0, "first_batch_s": 0.1, "steady_samples_per_s": 1100.0,
+                "rounds": 1, "runs": [run]}
+
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps({
+        "format": compare.JSON_FORMAT, "meta": {"config": {"workers": [0]}}, "scaling": None, "targets": [],
+        "systems": [row("cached/w0/b64", "cached", 0, old_run), row("parquet/w0/b64", "parquet", 0, new_run)],
+    }))
+    doc = compare._reload(saved)
+    rows = {r["key"]: r for r in doc["systems"]}
+    assert all("steady_samples_per_s" not in r for r in rows.values())
+    assert rows["cached/w0/b64"]["first_epoch_samples_per_s"] is None
+    assert rows["parquet/w0/b64"]["first_epoch_samples_per_s"] == pytest.approx(250.0)
+    assert {t["name"] for t in doc["targets"]} >= {"CachedDataLoader / bare GET loop (workers=0)"}
