@@ -58,7 +58,8 @@ class CachedDataset(IterableDataset[Any]):
             multiple of the batch size so that windows start on batch boundaries).
         readahead: bytes of shards each worker may hold, loaded or loading (default: two windows'
             worth, at least 32 MiB); shards the current batch needs are always let through.
-        read_threads: shards each worker loads at the same time.
+        read_threads: shards loaded at the same time by each worker (default 2), or by the main process
+            when there are no workers (default 3: nothing else reads beside it).
         lease_ttl: seconds a reader's lease outlives a reader that died; renewed while iterating.
     """
 
@@ -81,7 +82,7 @@ class CachedDataset(IterableDataset[Any]):
         drop_last: bool = False,
         window: int | None = None,
         readahead: int | str | None = None,
-        read_threads: int = 2,
+        read_threads: int | None = None,
         lease_ttl: float | str = 60.0,
     ) -> None:
         super().__init__()
@@ -98,7 +99,7 @@ class CachedDataset(IterableDataset[Any]):
         self.drop_last = check_bool("drop_last", drop_last)
         self._window_arg = check_int("window", window, minimum=1, fix="pass samples >= 1, or None", optional=True)
         self._readahead_arg = check_size("readahead", readahead)
-        self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1")
+        self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1", optional=True)
         self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
         if isinstance(cache, ShardCache):
             self.cache = cache

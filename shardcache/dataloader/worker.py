@@ -50,6 +50,8 @@ PortableError = tuple[type[BaseException], str, dict[str, Any]]
 
 CHUNK_BYTES = 64 * 1024 * 1024
 MIN_CHUNKS_PER_WORKER = 4
+WORKER_READ_THREADS = 2  # GETs in flight per worker process
+MAIN_READ_THREADS = 3  # without workers, the main process reads alone: one GET more in flight
 RESERVED_BLOCKS = 2  # blocks a worker makes while its first shards load: those of its first batches
 
 
@@ -187,7 +189,8 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
     offsets = row_offsets(ds.rows)
     lease = take_lease(ds) if spec.lease else None
-    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=ds.read_threads,
+    threads = ds.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
+    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
     builder.reserve(spec.batch_size, batches=min(len(mine), RESERVED_BLOCKS))  # while the first shards load
     j = int(mine[0])
