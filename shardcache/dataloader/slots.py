@@ -25,7 +25,8 @@ garbage (:func:`forget`). The board travels once per iteration (with the first c
 process keeps it by the pool's token too; later claims name the token only.
 
 Worker-side code must not keep references to batch tensors after it returns the batch: the memory
-behind them is rewritten once the main process is done with it.
+behind them is rewritten once the main process is done with it. Nor may it send them to any other
+process than the loader's: they are pickled for that one.
 """
 
 from __future__ import annotations
@@ -187,7 +188,6 @@ class SlotPool:
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._generations = itertools.count(1)
         self._blocks: dict[int, tuple[int, int]] = {}  # storage (its _cdata) -> (slot, incarnation)
-        self._incarnations = [0] * slots  # of each slot's current block: the generation that made it
         self._announced = [0] * slots  # the incarnation whose descriptor was sent, per slot
 
     def _drop(self, index: int) -> None:
@@ -200,8 +200,7 @@ class SlotPool:
         # Always backed by a file descriptor, whatever the sharing strategy: describe() sends that.
         storage = torch.UntypedStorage._new_using_fd_cpu(nbytes)
         self._buffers[index] = torch.empty(0, dtype=torch.uint8).set_(storage)
-        self._blocks[storage._cdata] = (index, generation)
-        self._incarnations[index] = generation
+        self._blocks[storage._cdata] = (index, generation)  # the generation that made it: its incarnation
 
     def describe(self, storage: torch.UntypedStorage) -> tuple[Any, ...] | None:
         """How to pickle ``storage`` if it is one of this pool's blocks (see the module docstring), else None."""

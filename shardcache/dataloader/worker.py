@@ -1,10 +1,10 @@
 """The batches one worker builds: its share of the rank's plan, read ahead, gathered at Arrow level.
 
-Batches are cut into chunks of ``spec.chunk`` consecutive batches (one shuffle window's worth), and
-chunk ``c`` goes to worker ``c % num_workers``. Every batch of a window mixes the same few shards, so
-a worker reads the shards of its own windows instead of every worker reading every shard; the
-CachedDataLoader puts the batches back in plan order, which therefore does not depend on the number
-of workers.
+Batches are cut into chunks of ``spec.chunk`` consecutive batches (whole shuffle windows, see
+:func:`chunk_batches`), and chunk ``c`` goes to worker ``c % num_workers``. Every batch of a window
+mixes the same few shards, so a worker reads the shards of its own windows instead of every worker
+reading every shard; the CachedDataLoader puts the batches back in plan order, which therefore does
+not depend on the number of workers.
 """
 
 from __future__ import annotations

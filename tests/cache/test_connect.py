@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import socket
 import time
 from collections.abc import Callable
 
 import pytest
 
-from shardcache.cache import RetryPolicy, connect, parse_url
+from shardcache.cache import RetryPolicy, ShardCache, connect, parse_url
+from shardcache.cache import connection as connection_module
 from shardcache.cache.local_cluster import LocalCluster
 from shardcache.errors import CacheUnavailable, ConfigError
 
@@ -29,6 +31,25 @@ def test_detects_cluster_or_standalone(redis_url: str, standalone_url: str) -> N
     with connect(redis_url, env={}) as cluster:
         assert cluster.is_cluster is True
         assert len(cluster.capacity().nodes) >= 3
+
+
+def _ping_as_a_cluster(cache: ShardCache) -> None:
+    assert cache.is_cluster
+    assert cache.ping()
+
+
+def test_a_forked_child_reconnects_without_probing(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with connect(redis_url, env={}) as cache:
+        assert cache.is_cluster
+
+        def probe(*args: object) -> None:
+            raise AssertionError("the child probed the server again")
+
+        monkeypatch.setattr(connection_module, "_probe", probe)
+        child = mp.get_context("fork").Process(target=_ping_as_a_cluster, args=(cache,))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0, "the child knew the cluster from its parent, and its client works"
 
 
 def test_url_from_the_environment(url: str) -> None:

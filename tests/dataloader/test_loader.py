@@ -11,6 +11,7 @@ import torch
 
 from shardcache.cache import Manifest, ShardCache
 from shardcache.dataloader import CachedDataLoader, CachedDataset, LoaderStats
+from shardcache.dataloader import worker as worker_module
 from shardcache.errors import ConfigError, DatasetInUse, DatasetNotFound
 
 from .conftest import IMAGE_BYTES, ROWS, ids_of, run_ranks
@@ -157,6 +158,23 @@ def test_stats_count_hits_bytes_and_waiting(dataset: Manifest, cache: ShardCache
     assert 0 < stats.wait_seconds <= stats.elapsed_seconds
     loader.reset_stats()
     assert loader.stats() == LoaderStats()
+
+
+@pytest.mark.parametrize(("read_threads", "expected"), [(None, 3), (1, 1)])
+def test_without_workers_the_main_process_reads_three_shards_at_a_time(
+    dataset: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch, read_threads, expected
+):
+    asked = []
+
+    class Recording(worker_module.ReadAhead):
+        def __init__(self, *args, threads: int, **kwargs):
+            asked.append(threads)
+            super().__init__(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(worker_module, "ReadAhead", Recording)
+    loader = CachedDataLoader(dataset.name, cache=cache, batch_size=100, read_threads=read_threads)
+    assert sum(len(b["id"]) for b in loader) == ROWS
+    assert asked == [expected]
 
 
 def test_a_lease_protects_the_dataset_while_iterating(make_dataset, cache: ShardCache):
