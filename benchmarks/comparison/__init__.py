@@ -12,7 +12,7 @@ One module per concern; the harness in ``compare.py`` wires them together:
 - ``scaling``     dataset x1/x2/x4 and shard size 1/4/8 MiB
 - ``profile``     ``--profile``: py-spy records of measured runs, summarised per thread
 - ``child``, ``peer_child``   the measured runs (in the main and the peers virtualenv)
-- ``rss``, ``drive``          stdlib-only helpers both child kinds share
+- ``rss``, ``drive``, ``entry``   stdlib-only helpers both child kinds share
 
 Nothing is imported here, so the peers interpreter (no pyarrow, no shardcache) can
 import ``comparison.peer_child``.

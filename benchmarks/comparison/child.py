@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .drive import drive
-from .rss import PeakMemory, high_water_mark
+from .entry import run_system
 
 __all__ = ["main"]
 
-RESULT_PREFIX = "RESULT "
 _MiB = 1 << 20
 
 
@@ -299,17 +298,9 @@ SYSTEMS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(args[0])
-    system = SYSTEMS[spec.pop("system")]
     # Zero-copy views of read-only Arrow buffers are what we want; torch warns about them.
     warnings.filterwarnings("ignore", message="The given (NumPy array|buffer) is not writable")
-    with PeakMemory() as memory:
-        result = system(**spec)
-    result["peak_rss"] = memory.peak
-    result["peak_rss_main"] = high_water_mark()
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
-    return 0
+    return run_system(SYSTEMS, argv)
 
 
 if __name__ == "__main__":

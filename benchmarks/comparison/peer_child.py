@@ -8,7 +8,6 @@ but neither pyarrow nor shardcache: this module reads the dataset from its raw a
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .drive import drive
-from .rss import PeakMemory, high_water_mark
+from .entry import run_system
 
 __all__ = ["main"]
 
-RESULT_PREFIX = "RESULT "
 
 
 def _samples(raw_dir: str, shape: list[int]) -> Iterator[tuple[Any, int]]:
@@ -123,15 +121,7 @@ SYSTEMS: dict[str, Callable[..., dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(args[0])
-    system = SYSTEMS[spec.pop("system")]
-    with PeakMemory() as memory:
-        result = system(**spec)
-    result["peak_rss"] = memory.peak
-    result["peak_rss_main"] = high_water_mark()
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
-    return 0
+    return run_system(SYSTEMS, argv)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .entry import RESULT_PREFIX
+
 __all__ = ["Outcome", "System", "child_env", "headline", "run_child", "run_rounds"]
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT "
 
 
 @dataclass(frozen=True)
