@@ -265,7 +265,8 @@ def test_a_cluster_of_one_primary_prefetches_and_reports_its_capacity(
         assert cache.is_cluster
         cap = cache.capacity()
         assert [n.node for n in cap.nodes] == [f"127.0.0.1:{cluster.port}"]
-        assert cap.nodes[0].used > 0 and cap.nodes[0].maxmemory > 0
+        assert cap.nodes[0].used > 0
+        assert cap.nodes[0].maxmemory > 0
         manifest = prefetch(str(source), dataset="one", cache=cache)
         assert manifest.num_rows == 100
 
