@@ -62,10 +62,18 @@ from comparison.report import (  # noqa: E402
 )
 from comparison.rounds import System, run_child, run_rounds  # noqa: E402
 from comparison.scaling import render_scaling, run_scaling  # noqa: E402
-from comparison.services import S3Endpoint, moto_s3, redis_cluster, upload  # noqa: E402
+from comparison.services import (  # noqa: E402
+    S3Endpoint,
+    describe_server,
+    moto_s3,
+    preferred_server,
+    redis_cluster,
+    upload,
+)
 from comparison.systems import NAMES, Context, build_systems  # noqa: E402
 
 from shardcache.cache import connect  # noqa: E402
+from shardcache.cache.local_cluster import find_server_binary  # noqa: E402
 from shardcache.errors import ConfigError, ShardCacheError  # noqa: E402
 from shardcache.units import parse_size  # noqa: E402
 
@@ -119,6 +127,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the time goes (DIR/summary.txt)")
     p.add_argument("--profile-systems", default="cached", help="systems --profile records (default cached)")
     p.add_argument("--child-timeout", type=float, default=900.0, help="seconds one measured run may take")
+    p.add_argument("--server-bin", help="the redis-server or valkey-server of the benchmark's cluster (default: "
+                                        "valkey-server 9 or later when installed, else what `shardcache up` runs)")
     return p.parse_args(argv)
 
 
@@ -158,6 +168,7 @@ def build_config(ns: argparse.Namespace) -> BenchConfig:
         scaling_base=parse_size(pick("scaling_base", "512MiB"), name="--scaling-base"),
         quick=ns.quick,
         child_timeout=ns.child_timeout,
+        server_bin=ns.server_bin,
     )
 
 
@@ -279,9 +290,14 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
     load_start = os.getloadavg()
     ds = _prepare_dataset(cfg, say)
     peers, peers_reason, peer_dirs = _prepare_peers(cfg, ds, say)
+    server_bin = find_server_binary(server_bin=cfg.server_bin) if cfg.server_bin else preferred_server()
+    server = describe_server(server_bin)
     with ExitStack() as stack:
-        say("starting a local 3-primary Redis Cluster" + (" and a moto S3 server" if cfg.wants("s3") else ""))
-        cluster = stack.enter_context(redis_cluster(workdir=cfg.workdir, maxmemory=_cluster_memory(cfg, ds)))
+        also = " and a moto S3 server" if cfg.wants("s3") else ""
+        say(f"starting a local 3-primary Redis Cluster ({server}){also}")
+        cluster = stack.enter_context(
+            redis_cluster(workdir=cfg.workdir, maxmemory=_cluster_memory(cfg, ds), server_bin=server_bin)
+        )
         s3: S3Endpoint | None = None
         s3_files: list[str] = []
         if cfg.wants("s3"):
@@ -326,7 +342,8 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
             "config": {
                 "shard_size": cfg.shard_size, "workers": list(cfg.workers), "batch_sizes": list(cfg.batch_sizes),
                 "rounds": cfg.rounds, "warmup": cfg.warmup, "quick": cfg.quick, "peers": peers is not None,
-                "peers_note": peers_reason or None, "redis": "LocalCluster, 3 primaries, no replicas, noeviction",
+                "peers_note": peers_reason or None,
+                "redis": f"LocalCluster of {server}, 3 primaries, no replicas, noeviction",
             },
         },
         "systems": rows_as_json(rows),
@@ -346,6 +363,7 @@ def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
         f"dataset: {ds['rows']:,} samples x {ds['sample_bytes']:,} B = {ds['bytes'] / 1e6:,.0f} MB; "
         f"shards {meta['config']['shard_size'] >> 10} KiB; medians of {meta['config']['rounds']} rounds "
         f"after {meta['config']['warmup']} warm-up; {meta['machine']['cpus']} CPUs, load average at start {load}",
+        f"cache: {meta['config'].get('redis', 'a local Redis Cluster')}",
         "shardcache x = CachedDataLoader (same workers and batch, else its best) / this row; "
         "for writes, prefetch / this row",
         "samples/s of DataLoader systems = their warm second epoch (persistent workers); 1st epoch samples/s and "

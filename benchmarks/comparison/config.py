@@ -79,6 +79,7 @@ class BenchConfig:
     scaling_shard_sizes: tuple[int, ...] = (1 << 20, 4 << 20, 8 << 20)
     quick: bool = False
     child_timeout: float = 600.0
+    server_bin: str | None = None  # the cluster's server binary; None: services.preferred_server()
 
     def __post_init__(self) -> None:
         for name in ("size", "shard_size", "scaling_base"):

