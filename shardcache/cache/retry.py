@@ -46,8 +46,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # redis-py raises this generic cluster error when no node answered while it re-read the
 # topology: that is a failover in progress, whereas its other uses (bad arguments) are not.
 _UNREACHABLE = "cannot be connected"
-# What Redis answers when a Lua script calls a command or key that the ACL user may not use.
-_SCRIPT_DENIED = "user executing the script can't"
+# What the server answers when a Lua script calls a command or key that the ACL user may not use:
+# Redis 7, then Valkey 8+.
+_SCRIPT_DENIED = ("user executing the script can't", "ACL failure in script")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -127,7 +128,7 @@ class RetryPolicy:
                         "the CA that signed it (ssl_ca_certs= or SHARDCACHE_TLS_CA)",
                         node=node() if node else None,
                     ) from None
-                if isinstance(exc, rex.ResponseError) and _SCRIPT_DENIED in str(exc):
+                if isinstance(exc, rex.ResponseError) and any(m in str(exc) for m in _SCRIPT_DENIED):
                     raise AccessDenied(
                         f"{what}: the Redis ACL user lacks a permission that a shardcache script needs "
                         f"({_first_line(exc)}); grant the rule shown in README's 'Access control' section",

@@ -30,6 +30,8 @@ MINIMAL_ACL_RULE = (
     "+eval +time +ping +info +cluster|slots +command +asking"
 )
 MINIMAL_ACL: tuple[str, ...] = tuple(MINIMAL_ACL_RULE.split())
+# README: on Redis 7.2+ and Valkey, where redis-py names its connections; Redis 7.0 refuses it.
+SETINFO_ACL = "+client|setinfo"
 USER = "shardcache-app"
 
 
@@ -66,8 +68,12 @@ class SecureCluster:
         """(Re)create an ACL user on every node: Redis Cluster does not propagate ACLs."""
         for port in self.cluster.ports:
             with self.admin(port) as node:
-                node.execute_command("ACL", "SETUSER", user or self.user, "reset", "on",
-                                     f">{password or self.password}", *rule)
+                args = ["ACL", "SETUSER", user or self.user, "reset", "on", f">{password or self.password}", *rule]
+                try:
+                    node.execute_command(*args, SETINFO_ACL)
+                except redis.ResponseError as exc:
+                    assert "Unknown command" in str(exc)  # noqa: PT017  (Redis < 7.2: no CLIENT SETINFO)
+                    node.execute_command(*args)
                 node.execute_command("ACL", "LOG", "RESET")
 
     def denied(self) -> list[str]:
