@@ -236,7 +236,7 @@ def render_targets(targets: Sequence[Target], *, markdown: bool = False) -> str:
         value = _fmt(t.value, ".3f") + ("x" if t.value is not None else "")
         reference = "" if t.ceiling is None else f"{t.ceiling_kind} {t.ceiling:.2f}x"
         if t.ceiling is not None and t.ceiling_kind == "ceiling" and t.ceiling < t.threshold:
-            reference += " (below the goal: out of reach on this machine)"
+            reference += " (the GET loop misses the goal too)"
         if markdown:
             lines.append(f"| {t.name} | {value} | {goal} | {t.status} | {reference or '-'} |")
         else:
