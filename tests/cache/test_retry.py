@@ -84,6 +84,9 @@ def test_other_errors_pass_through_at_once() -> None:
     [
         rex.AuthenticationError("invalid username-password pair"),
         rex.NoPermissionError("this user has no permissions to run the 'get' command"),
+        # A Lua script refused by the ACL: Redis 7, then Valkey 9.
+        rex.ResponseError("The user executing the script can't run this command or subcommand script: ..."),
+        rex.ResponseError("ACL failure in script: User app has no permissions to run the 'zrem' command script: ..."),
     ],
 )
 def test_access_errors_become_access_denied(exc: BaseException) -> None:
