@@ -21,7 +21,6 @@ from .entry import run_system
 __all__ = ["main"]
 
 
-
 def _samples(raw_dir: str, shape: list[int]) -> Iterator[tuple[Any, int]]:
     import numpy as np
 

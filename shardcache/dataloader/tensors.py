@@ -293,8 +293,8 @@ class BatchBuilder:
 
 def _runs(positions: np.ndarray[Any, Any], rows: np.ndarray[Any, Any]) -> list[tuple[int, int, int]]:
     """``(position, row, length)`` of each run where both go up by one (all runs of length 1 when shuffled)."""
-    if len(positions) < 2:
-        return [(int(p), int(r), 1) for p, r in zip(positions, rows, strict=True)]
+    if not len(positions):
+        return []
     starts = np.flatnonzero((np.diff(positions) != 1) | (np.diff(rows) != 1)) + 1
     cuts = [0, *starts.tolist(), len(positions)]
     p, r = positions.tolist(), rows.tolist()

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from security.acl import MINIMAL_ACL, set_acl_user
 
 from shardcache.cache import RetryPolicy, connect, encode_table
 from shardcache.cache.local_cluster import LocalCluster, TLSFiles
@@ -26,18 +27,6 @@ from .conftest import new_manifest, tables, write_version
 FACTORY_PORTS = (31000, 39999)
 PASSWORD = f"pw-{uuid.uuid4().hex}/@:?"  # needs percent-encoding in a URL
 QUICK = RetryPolicy(deadline=1.0)
-# README's "Access control" rule for the store (see /work/notes/readme-acl.md): keys under the
-# prefix, no channels, and the commands the store sends, directly, from its Lua scripts, and
-# through redis-py's cluster client (CLUSTER SLOTS, COMMAND; ASKING while slots migrate).
-STORE_ACL_RULE = (
-    "resetkeys ~sc:* resetchannels -@all "
-    "+get +set +del +unlink +exists +strlen +hget +hset +hgetall +sadd +srem +smembers "
-    "+zadd +zrange +zrevrange +zrangebyscore +zrem +zremrangebyscore +zcard +pexpire +pexpireat "
-    "+eval +time +ping +info +cluster|slots +command +asking"
-)
-STORE_ACL = STORE_ACL_RULE.split(" ")
-# Redis 7.2+ and Valkey: redis-py names its connections (CLIENT SETINFO); Redis 7.0 refuses the modifier.
-SETINFO_ACL = "+client|setinfo"
 
 
 def start(make: Callable[[int], LocalCluster], n: int, free_ports: Callable[..., int], *, bus: bool) -> LocalCluster:
@@ -114,15 +103,11 @@ def test_password_never_shows(
 
 @pytest.fixture
 def acl_user(protected: LocalCluster) -> Iterator[str]:
-    """An ACL user with STORE_ACL on every node (Redis Cluster does not propagate ACLs); its URL."""
+    """An ACL user with README's minimal rule on every node (Redis Cluster does not propagate ACLs); its URL."""
     password = uuid.uuid4().hex
     for port in protected.ports:
         with redis.Redis(port=port, password=PASSWORD) as admin:
-            try:
-                admin.execute_command("ACL", "SETUSER", "store", "reset", "on", f">{password}", *STORE_ACL, SETINFO_ACL)
-            except redis.ResponseError as exc:
-                assert "Unknown command" in str(exc)  # noqa: PT017  (Redis < 7.2: no CLIENT SETINFO)
-                admin.execute_command("ACL", "SETUSER", "store", "reset", "on", f">{password}", *STORE_ACL)
+            set_acl_user(admin, "store", password, MINIMAL_ACL)
             admin.execute_command("ACL", "LOG", "RESET")
     yield f"redis://store:{password}@{seeds(protected)}"
     for port in protected.ports:

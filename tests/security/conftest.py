@@ -1,7 +1,7 @@
 """Fixtures of the end-to-end security suite: a password-protected cluster with an ACL user
 limited to shardcache's keys and commands, and passwords that a leak check can find anywhere.
 
-The minimal rule is README's "Access control" section, kept here as ``MINIMAL_ACL``; the
+The minimal rule is README's "Access control" section, kept in ``acl.py`` as ``MINIMAL_ACL``; the
 tests prove that it is enough for up, prefetch, load and rm, and that nothing is denied
 along the way (the ACL log stays empty).
 """
@@ -20,18 +20,8 @@ from faults.harness import write_source
 
 from shardcache.cache.local_cluster import LocalCluster
 
-# Keys under the default prefix only; no pub/sub; exactly the commands shardcache sends
-# (directly, from its Lua scripts, and redis-py's cluster client: CLUSTER SLOTS, COMMAND,
-# and ASKING while slots migrate). README's "Access control" section shows this rule.
-MINIMAL_ACL_RULE = (
-    "resetkeys ~sc:* resetchannels -@all "
-    "+get +set +del +unlink +exists +strlen +hget +hset +hgetall +sadd +srem +smembers "
-    "+zadd +zrange +zrevrange +zrangebyscore +zrem +zremrangebyscore +zcard +pexpire +pexpireat "
-    "+eval +time +ping +info +cluster|slots +command +asking"
-)
-MINIMAL_ACL: tuple[str, ...] = tuple(MINIMAL_ACL_RULE.split())
-# README: on Redis 7.2+ and Valkey, where redis-py names its connections; Redis 7.0 refuses it.
-SETINFO_ACL = "+client|setinfo"
+from .acl import MINIMAL_ACL, set_acl_user
+
 USER = "shardcache-app"
 
 
@@ -68,12 +58,7 @@ class SecureCluster:
         """(Re)create an ACL user on every node: Redis Cluster does not propagate ACLs."""
         for port in self.cluster.ports:
             with self.admin(port) as node:
-                args = ["ACL", "SETUSER", user or self.user, "reset", "on", f">{password or self.password}", *rule]
-                try:
-                    node.execute_command(*args, SETINFO_ACL)
-                except redis.ResponseError as exc:
-                    assert "Unknown command" in str(exc)  # noqa: PT017  (Redis < 7.2: no CLIENT SETINFO)
-                    node.execute_command(*args)
+                set_acl_user(node, user or self.user, password or self.password, rule)
                 node.execute_command("ACL", "LOG", "RESET")
 
     def denied(self) -> list[str]:

@@ -20,7 +20,8 @@ from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import AccessDenied
 from shardcache.prefetcher import prefetch
 
-from .conftest import MINIMAL_ACL, SecureCluster, create_acl_user, secret
+from .acl import MINIMAL_ACL
+from .conftest import SecureCluster, create_acl_user, secret
 
 pytestmark = pytest.mark.slow
 
