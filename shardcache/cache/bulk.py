@@ -29,14 +29,14 @@ RESP header and then the value's own memory with ``sendall``, and expects ``+OK`
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
 import redis.exceptions as rex
 
-__all__ = ["NotBulk", "read_bulk", "write_bulk"]
+__all__ = ["Into", "NotBulk", "read_bulk", "write_bulk"]
 
 _CRLF = b"\r\n"
 _ONE_LINE = frozenset(b"-+:")  # error, simple string, integer: fully read once the line is
@@ -56,18 +56,24 @@ def _pool_of(client: Any, key: str, cluster: bool) -> Any:
     return client.connection_pool
 
 
-def read_bulk(client: Any, key: str, *, cluster: bool, hasher: Any = None) -> pa.Buffer | None:
+Into = Sequence[tuple[int, memoryview]]
+
+
+def read_bulk(client: Any, key: str, *, cluster: bool, hasher: Any = None, into: Into = ()) -> pa.Buffer | None:
     """``GET key`` on the node that serves it; the value as a ``pyarrow.Buffer``, None if absent.
 
     ``hasher`` (optional, with an ``update`` method) is fed the value's bytes in order; after an
-    exception it holds part of them. Raises NotBulk for any other reply, redis
+    exception it holds part of them. ``into`` lists ``(offset, destination)``: the value's bytes
+    from ``offset`` are received straight into ``destination`` (a writable byte memoryview), and
+    the returned buffer's bytes there are left undefined; the ranges must not overlap. Raises
+    NotBulk for any other reply, or a value too short for ``into``, redis
     ``ConnectionError``/``TimeoutError`` when the socket fails (the connection is then dropped),
     and whatever the pool raises.
     """
     pool = _pool_of(client, key, cluster)
     conn = pool.get_connection()
     try:
-        return _exchange(conn, key, hasher)
+        return _exchange(conn, key, hasher, into)
     finally:
         pool.release(conn)
 
@@ -111,7 +117,7 @@ def _exchange_set(conn: Any, key: str, view: memoryview, px: int | None) -> None
             raise NotBulk(bytes(line[:end][:200]).decode(errors="replace"))
 
 
-def _exchange(conn: Any, key: str, hasher: Any = None) -> pa.Buffer | None:
+def _exchange(conn: Any, key: str, hasher: Any = None, into: Into = ()) -> pa.Buffer | None:
     conn.send_command("GET", key)
     sock = conn._sock  # private, but the only way around the parser; None means not connected
     if sock is None:
@@ -142,27 +148,50 @@ def _exchange(conn: Any, key: str, hasher: Any = None) -> pa.Buffer | None:
         buf = pa.allocate_buffer(total)
         view = memoryview(buf).cast("B")
         view[:got] = head[end + 2 : filled]
-        hashed = 0
+        try:
+            pieces = _pieces(view, length, into)
+        except ValueError as exc:
+            conn.disconnect()  # the value is left unread in the socket
+            raise NotBulk(str(exc)) from None
         step = total if hasher is None else _HASH_STEP
-        while got < total:
-            n = sock.recv_into(view[got : got + step])
-            if n == 0:
-                raise OSError("the server closed the connection")
-            got += n
+        for start, stop, target, placed in pieces:
+            done = min(max(got - start, 0), stop - start)  # bytes of this piece among the first ones
+            if done and placed:
+                target[:done] = view[start : start + done]
             if hasher is not None:
-                hashed = _feed(hasher, view, hashed, min(got, length))
-        if hasher is not None:
-            _feed(hasher, view, hashed, length)
+                _feed(hasher, target, 0, min(done, length - start))
+            while done < stop - start:
+                n = sock.recv_into(target[done : done + min(step, stop - start - done)])
+                if n == 0:
+                    raise OSError("the server closed the connection")
+                if hasher is not None:
+                    _feed(hasher, target, done, min(done + n, length - start))
+                done += n
+            got = max(got, stop)
         if view[length:total] != _CRLF:
             conn.disconnect()
             raise NotBulk("a bulk reply without its trailing CRLF")
         return buf.slice(0, length)
 
 
-def _feed(hasher: Any, view: memoryview, start: int, end: int) -> int:
+def _pieces(view: memoryview, length: int, into: Into) -> list[tuple[int, int, memoryview, bool]]:
+    """``(start, stop, target, placed)`` pieces covering the value and its CRLF in order: ``into``'s
+    ranges are received into their destinations (placed), the rest into ``view`` at the same offsets."""
+    pieces, at = [], 0
+    for offset, dest in sorted(into, key=lambda item: item[0]):
+        if offset < at or offset + dest.nbytes > length:
+            raise ValueError(f"a value of {length} bytes has no room for {dest.nbytes} bytes at {offset}")
+        if offset > at:
+            pieces.append((at, offset, view[at:offset], False))
+        pieces.append((offset, offset + dest.nbytes, dest, True))
+        at = offset + dest.nbytes
+    pieces.append((at, len(view), view[at:], False))
+    return pieces
+
+
+def _feed(hasher: Any, view: memoryview, start: int, end: int) -> None:
     if end > start:
         hasher.update(view[start:end])
-    return max(start, end)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..units import format_bytes, parse_size
 from .breaker import NodeBreaker
-from .bulk import NotBulk, read_bulk, write_bulk
+from .bulk import Into, NotBulk, read_bulk, write_bulk
 from .codec import checksum, decode_payload, split_chunks
 from .connection import Client, ConnectOptions, open_client
 from .keys import KeySpace, validate_dataset_name, validate_version
@@ -580,8 +580,14 @@ class ShardCache:
 
     # -- reading -------------------------------------------------------------------
 
-    def get_payload(self, manifest: Manifest, index: int) -> pa.Buffer:
-        """The verified payload of one shard; raises ShardMissing or ShardCorrupted."""
+    def get_payload(self, manifest: Manifest, index: int, *, into: Into = ()) -> pa.Buffer:
+        """The verified payload of one shard; raises ShardMissing or ShardCorrupted.
+
+        ``into`` lists ``(offset, destination)``: the payload's bytes from ``offset`` land in
+        ``destination`` (a writable byte memoryview) instead of the returned buffer, where they
+        are left undefined, and are received there straight from the socket when they can be (a
+        loader builds batches in place this way). The checksum covers them all the same.
+        """
         shard = self.shard_info(manifest, index)
         if not shard.cached:
             self.stats.add(misses=1)
@@ -593,7 +599,7 @@ class ShardCache:
         payload: pa.Buffer | rex.ResponseError | None
         digest = None
         try:
-            read = self._read_chunks(shard)
+            read = self._read_chunks(shard, into)
             payload, digest = (None, None) if read is None else read
         except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
             payload = exc
@@ -615,13 +621,13 @@ class ShardCache:
         self.stats.add(hits=1, bytes_read=shard.nbytes)
         return payload
 
-    def _read_chunks(self, shard: ShardInfo) -> tuple[pa.Buffer, str] | None:
+    def _read_chunks(self, shard: ShardInfo, into: Into = ()) -> tuple[pa.Buffer, str] | None:
         """The concatenated chunks of ``shard`` and their checksum; None if one is gone. Reading
         stops as soon as the bytes exceed the recorded size, so a planted record cannot make us
-        read without end."""
+        read without end. ``into``: see :meth:`get_payload`."""
         if shard.chunks == 1:
             hasher = xxhash.xxh3_64()  # fed while the bytes arrive (bulk.py)
-            payload = self._get(shard.key, hasher=hasher)
+            payload = self._get(shard.key, hasher=hasher, into=into)
             return None if payload is None else (payload, hasher.hexdigest())
         parts: list[pa.Buffer] = []
         size = 0
@@ -634,11 +640,12 @@ class ShardCache:
             if size > shard.nbytes:
                 break  # corrupt: the checksum check rejects it
         joined = pa.py_buffer(b"".join(parts))
+        _copy_into(joined, into)
         return joined, checksum(joined)
 
-    def _get(self, key: str, *, hasher: Any = None) -> pa.Buffer | None:
+    def _get(self, key: str, *, hasher: Any = None, into: Into = ()) -> pa.Buffer | None:
         """GET of one shard or chunk, with the retry policy; ``hasher`` (an xxhash object in its
-        initial state) is fed the value.
+        initial state) is fed the value; ``into``: see :meth:`get_payload`.
 
         While no node's breaker is open, the first try reads the value straight into an
         Arrow buffer (bulk.py): this is the hot path. Any failure or unusual reply repeats
@@ -646,15 +653,19 @@ class ShardCache:
         """
         if not self._breaker.tripped:
             try:
-                return read_bulk(self._ensure(), key, cluster=self._is_cluster, hasher=hasher)
+                return read_bulk(self._ensure(), key, cluster=self._is_cluster, hasher=hasher, into=into)
             except (NotBulk, rex.RedisError, rex.RedisClusterException, OSError) as exc:
                 log.debug("direct GET of %s fell back to redis-py: %s", key, type(exc).__name__)
                 if hasher is not None:
                     hasher.reset()  # it may hold part of the value
         value = self.call("GET", key)
-        if value is not None and hasher is not None:
+        if value is None:
+            return None
+        if hasher is not None:
             hasher.update(value)
-        return None if value is None else pa.py_buffer(value)
+        buffer = pa.py_buffer(value)
+        _copy_into(buffer, into)
+        return buffer
 
     def _set(self, key: str, value: memoryview, *, px: int | None) -> None:
         """SET of one chunk, with the retry policy; the write-side twin of :meth:`_get`.
@@ -936,3 +947,12 @@ def _chunk_counts(
             if text.isascii() and text.isdigit() and len(text) < 12:
                 counts[int(text)] = max(counts.get(int(text), 1), record_chunks(value))
     return counts
+
+
+def _copy_into(payload: pa.Buffer, into: Into) -> None:
+    """Copy ``payload``'s ranges to their ``into`` destinations (what bulk.read_bulk does while
+    receiving); a payload too short for them is left for the checksum check to reject."""
+    view = memoryview(payload).cast("B")
+    for offset, dest in into:
+        if offset + dest.nbytes <= len(view):
+            dest[:] = view[offset : offset + dest.nbytes]

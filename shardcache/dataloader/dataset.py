@@ -26,7 +26,7 @@ from .checks import check_bool, check_callable, check_int, check_seconds, check_
 from .plan import EpochPlan, PlanSegment
 from .shuffle import default_window
 from .spec import IterSpec, SharedSpec
-from .tensors import column_specs
+from .tensors import BufferPool, column_specs
 from .worker import iterate_batches
 
 __all__ = ["CachedDataset"]
@@ -122,6 +122,7 @@ class CachedDataset(IterableDataset[Any]):
         self._plans: dict[tuple[Any, ...], EpochPlan] = {}
         self._batch_size_given = self.batch_size is not None
         self._owner: weakref.ref[Any] | None = None
+        self._output_pool: BufferPool | None = None
         if self.batch_size is not None:
             self._shared.publish(self.spec())
 
@@ -132,6 +133,7 @@ class CachedDataset(IterableDataset[Any]):
         state = self.__dict__.copy()
         state["_plans"] = {}  # rebuilt on the other side rather than pickled
         state["_owner"] = None  # a weak reference does not pickle; the copy belongs to no loader
+        state["_output_pool"] = None  # buffers of this process
         return state
 
     # -- what to read ----------------------------------------------------------------
@@ -244,6 +246,12 @@ class CachedDataset(IterableDataset[Any]):
         sizes = self.shard_nbytes
         window_shards = math.ceil(window / max(1.0, sum(self.rows) / len(self.rows)))
         return max(MIN_READAHEAD, 2 * (window_shards + 1) * int(np.mean(sizes)))
+
+    def output_pool(self) -> BufferPool:
+        """The batch buffers of iterations without workers, reused from epoch to epoch."""
+        if self._output_pool is None:
+            self._output_pool = BufferPool()
+        return self._output_pool
 
     def refresh(self) -> None:
         """Re-read a still-loading manifest, so that shards written since are read from the cache."""

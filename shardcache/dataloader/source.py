@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..cache import Manifest, ShardCache, checksum, decode_payload
+from ..cache.bulk import Into
 from ..errors import CacheUnavailable, ShardCacheError, ShardCorrupted, ShardMissing, SourceError
 from .stats import Counters
 
@@ -50,9 +51,16 @@ class ShardSource:
 
     def load(self, index: int) -> pa.Table:
         """Shard ``index``: from the cache if it serves it, else rebuilt from the source."""
+        return self.load_into(index)[0]
+
+    def load_into(self, index: int, into: Into = ()) -> tuple[pa.Table, pa.Buffer | None]:
+        """Shard ``index`` and, when the cache served it, its payload, whose ``into`` ranges were
+        received into their destinations instead (see :meth:`ShardCache.get_payload`); the table's
+        columns over those ranges are then undefined. A shard rebuilt from the source comes with
+        None, its destinations undefined."""
         manifest = self.manifest
         try:
-            payload = self.cache.get_payload(manifest, index)
+            payload = self.cache.get_payload(manifest, index, into=into)
             table = decode_payload(
                 payload, schema=manifest.schema, dataset=manifest.name, version=manifest.version,
                 shard=index, max_rows=manifest.shards[index].rows,
@@ -62,9 +70,9 @@ class ShardSource:
             if not self.read_through:
                 raise self._refusal(index, exc) from None
             log.debug("reading shard %d of %r through from the source: %s", index, manifest.name, exc)
-            return self._rebuild(index, writable=not isinstance(exc, CacheUnavailable))
+            return self._rebuild(index, writable=not isinstance(exc, CacheUnavailable)), None
         self.counters.add(hits=1, bytes_read=payload.size)
-        return table
+        return table, payload
 
     def _refusal(self, index: int, exc: ShardCacheError) -> ShardCacheError:
         if isinstance(exc, ShardMissing):

@@ -10,7 +10,8 @@ A batch is a dict mapping column name to value:
 Each shard is viewed once (:meth:`BatchBuilder.views`, zero-copy numpy arrays over the Arrow buffers);
 a batch then copies its rows straight into the output tensor, one ``out[positions] = view[rows]`` per
 shard. That runs at memcpy-like speed, about six times faster than an Arrow ``take`` over the
-concatenated shards. In a DataLoader worker the output lives in shared memory from the start, so
+concatenated shards. Without workers, an unshuffled read skips even that copy for its largest column
+(see :mod:`.inplace`). In a DataLoader worker the output lives in shared memory from the start, so
 handing it to the main process copies nothing more, and large outputs come from the worker's
 :class:`~shardcache.dataloader.slots.SlotPool`, reused once the main process has dropped them; in
 the main process output buffers are reused once the training loop has dropped every reference to
@@ -22,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +37,7 @@ from torch.utils.data import get_worker_info
 from ..errors import ConfigError
 from .slots import POOL_MIN_BYTES, SlotClaim, SlotPool, shared_bytes
 
-__all__ = ["BatchBuilder", "ColumnSpec", "ShardViews", "column_specs"]
+__all__ = ["BatchBuilder", "BufferPool", "ColumnSpec", "Prepared", "ShardViews", "column_specs"]
 
 # Arrow types whose values numpy can view without a copy (bool is bit-packed: converted once per shard).
 # Rows at least this large are copied one slice at a time (see BatchBuilder.gather).
@@ -126,44 +128,66 @@ def _view(spec: ColumnSpec, array: pa.Array, *, dataset: str, shard: int) -> np.
 class ShardViews:
     """One shard's columns, ready to gather from: numpy views for tensors, Arrow arrays for lists."""
 
-    __slots__ = ("arrays", "nbytes", "rows", "table")
+    __slots__ = ("arrays", "holes", "nbytes", "rows", "table")
 
     def __init__(self, table: pa.Table, arrays: dict[str, Any]) -> None:
         self.table = table  # keeps the Arrow buffers behind the views alive
         self.arrays = arrays
         self.rows = table.num_rows
         self.nbytes = table.nbytes
+        self.holes: str | None = None  # a column received into its batches instead (see inplace.py)
 
 
-class _BufferPool:
-    """Output arrays of the main process, reused once nothing outside the pool refers to them."""
+@dataclass
+class Prepared:
+    """A batch's outputs made before it is gathered, and the shards (``id`` of their views) already in them."""
 
-    def __init__(self, per_key: int = 4) -> None:
+    outputs: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]
+    done: set[int]
+
+
+class BufferPool:
+    """Output arrays of the main process, reused once nothing outside the pool refers to them.
+
+    A dataset keeps one across iterations, so that an epoch does not page-fault its first batches
+    afresh. ``per_key`` arrays of each shape are kept: the batches the training loop holds plus
+    those the read-ahead is filling. Thread-safe.
+    """
+
+    def __init__(self, per_key: int = 6) -> None:
         self._free: dict[tuple[Any, ...], list[np.ndarray[Any, Any]]] = {}
         self._per_key = per_key
+        self._lock = threading.Lock()
 
     def get(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
         key = (shape, dtype.str)
-        arrays = self._free.setdefault(key, [])
-        for array in arrays:
-            # Held only by the list and getrefcount's argument: every tensor handed out is gone.
-            if sys.getrefcount(array) <= 3:
-                return array
-        array = np.empty(shape, dtype=dtype)
-        if len(arrays) < self._per_key:
-            arrays.append(array)
-        return array
+        with self._lock:
+            arrays = self._free.setdefault(key, [])
+            for array in arrays:
+                # Held only by the list, the loop and getrefcount's argument: every tensor handed out is gone.
+                if sys.getrefcount(array) <= 3:
+                    return array
+            array = np.empty(shape, dtype=dtype)
+            if len(arrays) < self._per_key:
+                arrays.append(array)
+            return array
 
 
 class BatchBuilder:
     """Builds batches of ``specs`` from shards; see the module docstring for the layout."""
 
     def __init__(
-        self, specs: Sequence[ColumnSpec], *, dataset: str, slots: SlotPool | None = None, slot_limit: int = 0
+        self,
+        specs: Sequence[ColumnSpec],
+        *,
+        dataset: str,
+        slots: SlotPool | None = None,
+        slot_limit: int = 0,
+        pool: BufferPool | None = None,
     ) -> None:
         self.specs = tuple(specs)
         self.dataset = dataset
-        self._pool = _BufferPool()
+        self._pool = BufferPool() if pool is None else pool
         self._slots = slots
         self._slot_limit = slot_limit
         self._claimed: list[tuple[tuple[int, int], torch.Tensor]] = []
@@ -183,7 +207,7 @@ class BatchBuilder:
                 arrays[spec.name] = array
         return ShardViews(table, arrays)
 
-    def _outputs(self, size: int) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]:
+    def outputs(self, size: int) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]:
         """The output tensor (and a numpy view of it) of each tensor column of a batch of ``size``."""
         layout = [(s.name, (size, *s.shape), s.dtype) for s in self.specs if s.kind == "tensor" and s.dtype]
         outputs: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]] = {}
@@ -230,14 +254,21 @@ class BatchBuilder:
         return self._slots.reserve(total, limit=min(self._slot_limit, batches))
 
     def gather(
-        self, parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]], size: int
+        self,
+        parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+        size: int,
+        *,
+        prepared: Prepared | None = None,
     ) -> dict[str, Any]:
         """The batch of ``size`` samples in which ``positions`` hold ``rows`` of each part's shard.
 
         ``parts`` lists ``(views, rows, positions)``: sample ``positions[k]`` of the batch is row
-        ``rows[k]`` of that shard; together the positions cover ``0..size-1`` once. In a worker with
-        a slot pool, :meth:`take_claim` then returns the slots the batch was built in.
+        ``rows[k]`` of that shard; together the positions cover ``0..size-1`` once. ``prepared``:
+        the batch's outputs, made and partly filled beforehand (see inplace.py). In a worker with a
+        slot pool, :meth:`take_claim` then returns the slots the batch was built in.
         """
+        if prepared is not None:
+            return self._gather(parts, size, prepared)
         claimed = len(self._claimed)
         try:
             return self._gather(parts, size)
@@ -262,24 +293,23 @@ class BatchBuilder:
         return claim, reused
 
     def _gather(
-        self, parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]], size: int
+        self,
+        parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+        size: int,
+        prepared: Prepared | None = None,
     ) -> dict[str, Any]:
         batch: dict[str, Any] = {}
-        outputs = self._outputs(size)
+        outputs = self.outputs(size) if prepared is None else prepared.outputs
+        done = set() if prepared is None else prepared.done
+        for views, _, _ in parts:
+            if views.holes is not None and id(views) not in done:
+                raise RuntimeError(f"shard views of {self.dataset!r} lack {views.holes!r}: it went into other batches")
         for spec in self.specs:
             if spec.kind == "tensor":
                 tensor, out = outputs[spec.name]
-                large_rows = out.itemsize * math.prod(spec.shape) >= ROW_COPY_BYTES
                 for views, rows, positions in parts:
-                    src = views.arrays[spec.name]
-                    if large_rows:
-                        # Fancy indexing copies each row twice (into a temporary, then into place);
-                        # for image-sized rows one slice copy per run of consecutive rows is ~3x
-                        # faster. Small rows are the other way round: there the Python step dominates.
-                        for p, r, n in _runs(positions, rows):
-                            out[p : p + n] = src[r : r + n]
-                    else:
-                        out[positions] = src[rows]
+                    if id(views) not in done:
+                        copy_rows(out, views.arrays[spec.name], rows, positions)
                 batch[spec.name] = tensor
             else:
                 values: list[Any] = [None] * size
@@ -291,7 +321,23 @@ class BatchBuilder:
         return batch
 
 
-def _runs(positions: np.ndarray[Any, Any], rows: np.ndarray[Any, Any]) -> list[tuple[int, int, int]]:
+def copy_rows(
+    out: np.ndarray[Any, Any], src: np.ndarray[Any, Any], rows: np.ndarray[Any, Any], positions: np.ndarray[Any, Any]
+) -> None:
+    """``out[positions] = src[rows]``, the fastest way for the row size.
+
+    Fancy indexing copies each row twice (into a temporary, then into place); for image-sized rows
+    one slice copy per run of consecutive rows is ~3x faster. Small rows are the other way round:
+    there the Python step dominates.
+    """
+    if out.itemsize * math.prod(out.shape[1:]) < ROW_COPY_BYTES:
+        out[positions] = src[rows]
+        return
+    for p, r, n in row_runs(positions, rows):
+        out[p : p + n] = src[r : r + n]
+
+
+def row_runs(positions: np.ndarray[Any, Any], rows: np.ndarray[Any, Any]) -> list[tuple[int, int, int]]:
     """``(position, row, length)`` of each run where both go up by one (all runs of length 1 when shuffled)."""
     if not len(positions):
         return []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -20,6 +21,7 @@ from torch.utils.data import get_worker_info
 
 from ..cache import Lease
 from ..errors import AccessDenied, CacheUnavailable, ShardCacheError
+from .inplace import InPlace, Use
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
 from .shuffle import row_offsets
@@ -144,6 +146,31 @@ def batch_groups(plan: EpochPlan, offsets: np.ndarray, j: int) -> tuple[list[tup
     return groups, len(ids)
 
 
+class _Groups:
+    """:func:`batch_groups` of a worker's batches by position, computed once by whichever thread
+    needs them first (a read-ahead thread receiving a shard in place, or the loop gathering the batch)."""
+
+    def __init__(self, plan: EpochPlan, offsets: np.ndarray, batches: Sequence[int]) -> None:
+        self._plan, self._offsets, self._batches = plan, offsets, batches
+        self._known: dict[int, tuple[list[tuple[int, np.ndarray, np.ndarray]], int]] = {}
+        self._lock = threading.Lock()
+
+    def at(self, pos: int) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+        with self._lock:
+            known = self._known.get(pos)
+        if known is None:
+            known = batch_groups(self._plan, self._offsets, self._batches[pos])
+            with self._lock:
+                self._known[pos] = known
+        return known
+
+    def take(self, pos: int) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+        """The groups of batch ``pos``, forgotten here (the loop gathers each batch once)."""
+        with self._lock:
+            known = self._known.pop(pos, None)
+        return known if known is not None else batch_groups(self._plan, self._offsets, self._batches[pos])
+
+
 def take_lease(ds: CachedDataset) -> Lease | None:
     """A reader's lease on the version, or None when the node holding it cannot be reached: reading goes on
     (shards are read through), and ``rm`` cannot run on that dataset either while its node is down."""
@@ -177,17 +204,28 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     # Only tagged batches carry the claim that lets the main process hand a pool slot back.
     pooled = in_worker and spec.tagged and spec.pool_slots > 0
     builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=worker_pool() if pooled else None,
-                           slot_limit=spec.pool_slots)  # fmt: skip
+                           slot_limit=spec.pool_slots, pool=None if in_worker else ds.output_pool())  # fmt: skip
     source = ShardSource(
         cache=ds.cache, manifest=ds.manifest, counters=counters, read_through=ds.read_through,
         write_back=ds.write_back, prefetch_transform=ds.prefetch_transform,
     )  # fmt: skip
 
-    def load(index: int) -> ShardViews:
-        return builder.views(source.load(index), shard=index)
-
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
-    offsets = row_offsets(ds.rows)
+    by_pos = _Groups(plan, row_offsets(ds.rows), mine.tolist())
+    # Without workers, shards are received straight into their batches where the plan allows it
+    # (see inplace.py); in a worker the batch is built in shared memory by the worker's own thread.
+    inplace = None if in_worker else InPlace(builder, source)
+    needs = {need.shard: need for need in schedule}
+
+    def load(index: int) -> ShardViews:
+        if inplace is None:
+            return builder.views(source.load(index), shard=index)
+        need, uses = needs[index], list[Use]()
+        for pos in range(need.first, need.last + 1):
+            groups, size = by_pos.at(pos)
+            uses.extend((pos, size, rows, positions) for shard, rows, positions in groups if shard == index)
+        return inplace.load(index, uses)
+
     lease = take_lease(ds) if spec.lease else None
     threads = ds.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=threads,
@@ -198,11 +236,11 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
         for pos, j_ in enumerate(mine.tolist()):
             j = j_
             ahead.advance(pos)
-            groups, size = batch_groups(plan, offsets, j)
+            groups, size = by_pos.take(pos)
             started = time.perf_counter()
             parts = [(ahead.get(shard), rows, positions) for shard, rows, positions in groups]
             counters.add(worker_wait_seconds=time.perf_counter() - started)
-            batch = builder.gather(parts, size)
+            batch = builder.gather(parts, size, prepared=None if inplace is None else inplace.take(pos))
             claim, reused = builder.take_claim()
             if reused:
                 counters.add(reused_buffers=reused)

@@ -55,7 +55,7 @@ def test_a_direct_read_that_fails_midway_leaves_nothing_in_the_checksum(
     k, value = key(), os.urandom(300_000)
     cache.client.set(k, value)
 
-    def cut_short(client: object, key: str, *, cluster: bool, hasher: object = None) -> None:
+    def cut_short(client: object, key: str, *, cluster: bool, hasher: object = None, into: object = ()) -> None:
         if hasher is not None:
             hasher.update(value[:1000])  # type: ignore[attr-defined]
         raise rex.ConnectionError("Connection reset by peer")
@@ -66,6 +66,60 @@ def test_a_direct_read_that_fails_midway_leaves_nothing_in_the_checksum(
         got = cache._get(k, hasher=hasher)  # falls back to redis-py
         assert got is not None
         assert got.to_pybytes() == value
+        assert hasher.hexdigest() == checksum(value)
+    finally:
+        cache.client.delete(k)
+
+
+def test_ranges_are_received_into_their_destinations(cache: ShardCache) -> None:
+    k, value = key(), os.urandom(3 * 1024 * 1024 + 5)
+    cache.client.set(k, value)
+    # One range inside the first bytes received with the reply line, one across the hash steps, one at the end.
+    spans = [(0, 100), (150, 1_000_000), (len(value) - 7, 7)]
+    dests = [bytearray(n) for _, n in spans]
+    try:
+        hasher = xxhash.xxh3_64()
+        into = [(offset, memoryview(d)) for (offset, _), d in zip(spans, dests, strict=True)]
+        got = read_bulk(cache.client, k, cluster=cache.is_cluster, hasher=hasher, into=into)
+        assert got is not None
+        assert got.size == len(value)
+        for (offset, n), d in zip(spans, dests, strict=True):
+            assert bytes(d) == value[offset : offset + n]
+        assert got.to_pybytes()[100:150] == value[100:150], "bytes between the ranges land in the buffer"
+        assert got.to_pybytes()[1_000_150 : len(value) - 7] == value[1_000_150:-7]
+        assert hasher.hexdigest() == checksum(value), "the checksum covers the placed bytes too"
+    finally:
+        cache.client.delete(k)
+
+
+def test_a_value_too_short_for_its_ranges_is_left_to_redis_py(cache: ShardCache) -> None:
+    k, value = key(), os.urandom(5000)
+    cache.client.set(k, value)
+    try:
+        with pytest.raises(NotBulk, match="no room"):
+            read_bulk(cache.client, k, cluster=cache.is_cluster, into=[(4000, memoryview(bytearray(2000)))])
+        got = read_bulk(cache.client, k, cluster=cache.is_cluster)  # the dropped connection is replaced
+        assert got is not None
+        assert got.to_pybytes() == value
+    finally:
+        cache.client.delete(k)
+
+
+def test_the_redis_py_fallback_fills_the_destinations_too(cache: ShardCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    k, value = key(), os.urandom(300_000)
+    cache.client.set(k, value)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NotBulk("MOVED 1 elsewhere:1")
+
+    monkeypatch.setattr(store_module, "read_bulk", refuse)
+    try:
+        dest = bytearray(1000)
+        hasher = xxhash.xxh3_64()
+        got = cache._get(k, hasher=hasher, into=[(5000, memoryview(dest))])
+        assert got is not None
+        assert got.to_pybytes() == value
+        assert bytes(dest) == value[5000:6000]
         assert hasher.hexdigest() == checksum(value)
     finally:
         cache.client.delete(k)

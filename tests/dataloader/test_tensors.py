@@ -9,7 +9,7 @@ import torch
 
 from shardcache.dataloader.plan import EpochPlan
 from shardcache.dataloader.shuffle import row_offsets
-from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, _runs, column_specs
+from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, column_specs, row_runs
 from shardcache.dataloader.worker import batch_groups, chunk_batches, shard_schedule, worker_batches
 from shardcache.errors import ConfigError
 
@@ -167,10 +167,10 @@ def test_chunks_are_whole_windows_bounded_by_bytes_pool_and_workers():
                          max_batches=1) == 3  # fmt: skip
 
 
-def test_gather_copies_runs_of_consecutive_rows_at_once():
-    assert _runs(np.array([0, 1, 2, 5, 6, 3]), np.array([7, 8, 9, 0, 1, 2])) == [(0, 7, 3), (5, 0, 2), (3, 2, 1)]
-    assert _runs(np.array([4]), np.array([9])) == [(4, 9, 1)]
-    assert _runs(np.array([0, 1]), np.array([3, 2])) == [(0, 3, 1), (1, 2, 1)], "rows must go up too"
+def test_gather_copiesrow_runs_of_consecutive_rows_at_once():
+    assert row_runs(np.array([0, 1, 2, 5, 6, 3]), np.array([7, 8, 9, 0, 1, 2])) == [(0, 7, 3), (5, 0, 2), (3, 2, 1)]
+    assert row_runs(np.array([4]), np.array([9])) == [(4, 9, 1)]
+    assert row_runs(np.array([0, 1]), np.array([3, 2])) == [(0, 3, 1), (1, 2, 1)], "rows must go up too"
 
 
 def test_shard_schedule_lists_first_and_last_use():

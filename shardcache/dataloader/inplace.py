@@ -1,0 +1,115 @@
+"""Batches built in place: a shard's largest column received from the socket straight into its batches.
+
+Without workers, the main process would copy every byte twice: the kernel copies a shard from the
+socket into its buffer, then the gather copies its rows into the batch. When each batch that uses a
+shard takes one run of its consecutive rows into consecutive positions (an unshuffled read), the
+read-ahead thread that loads the shard instead has the largest fixed-width column received straight
+into those batches' tensors (``ShardCache.get_payload(..., into=...)``), and copies the shard's other
+tensor columns there itself. The batch loop then finds the batch made (a :class:`Prepared`).
+
+Where a column's bytes lie in a payload is learned from the first shard of each row count, read the
+ordinary way, and checked again on every shard once it is decoded. A shard whose column is not where
+it was expected is read again the ordinary way; one rebuilt from its source is gathered as usual.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .source import ShardSource
+from .tensors import ROW_COPY_BYTES, BatchBuilder, Prepared, ShardViews, copy_rows, row_runs
+
+__all__ = ["InPlace", "Use"]
+
+Use = tuple[int, int, np.ndarray, np.ndarray]
+"""``(key, size, rows, positions)``: batch ``key`` of ``size`` samples holds ``rows`` of a shard at ``positions``."""
+
+
+class InPlace:
+    """Loads shards into the batches that use them (see the module docstring); thread-safe."""
+
+    def __init__(self, builder: BatchBuilder, source: ShardSource) -> None:
+        self._builder = builder
+        self._source = source
+        tensors = [s for s in builder.specs if s.kind == "tensor" and s.dtype is not None]
+        sizes = {s.name: s.dtype.itemsize * math.prod(s.shape) for s in tensors if s.dtype is not None}
+        largest = max(tensors, key=lambda s: sizes[s.name], default=None)
+        self.column = largest.name if largest is not None and sizes[largest.name] >= ROW_COPY_BYTES else None
+        self._row_bytes = sizes.get(self.column or "", 0)
+        self._offsets: dict[int, int] = {}  # rows of a shard -> where the column starts in its payload
+        self._prepared: dict[int, Prepared] = {}
+        self._lock = threading.Lock()
+        self.placed = 0  # shards received in place
+
+    def load(self, index: int, uses: Sequence[Use]) -> ShardViews:
+        """Shard ``index``, its rows already in the batches of ``uses`` when it could be received there."""
+        rows = self._source.manifest.shards[index].rows
+        offset, into = self._into(rows, uses)
+        table, payload = self._source.load_into(index, into)
+        views = self._builder.views(table, shard=index)
+        found = self._learn(views, payload)
+        if not into or payload is None:  # nothing placed, or rebuilt from the source: gathered as usual
+            return views
+        if found != offset:  # not where the last shard of this size had it: its bytes are in no batch
+            table, _ = self._source.load_into(index)
+            return self._builder.views(table, shard=index)
+        for key, _, shard_rows, positions in uses:
+            prepared = self._prepared[key]
+            for spec in self._builder.specs:
+                if spec.kind == "tensor" and spec.name != self.column:
+                    copy_rows(prepared.outputs[spec.name][1], views.arrays[spec.name], shard_rows, positions)
+            with self._lock:
+                prepared.done.add(id(views))
+        views.holes = self.column
+        with self._lock:
+            self.placed += 1
+        return views
+
+    def take(self, key: int) -> Prepared | None:
+        """Batch ``key``'s outputs, if a shard was received into them (then forgotten here)."""
+        with self._lock:
+            return self._prepared.pop(key, None)
+
+    def _into(self, rows: int, uses: Sequence[Use]) -> tuple[int | None, list[tuple[int, memoryview]]]:
+        """Where the column starts in a payload of ``rows`` rows, and the destination of each run of it."""
+        with self._lock:
+            offset = self._offsets.get(rows)
+        if self.column is None or offset is None:
+            return None, []
+        spans = []
+        for key, size, shard_rows, positions in uses:
+            runs = row_runs(positions, shard_rows)
+            if len(runs) != 1:
+                return None, []  # shuffled: rows scatter over positions
+            spans.append((key, size, runs[0]))
+        into = []
+        width = self._row_bytes
+        for key, size, (position, row, count) in spans:
+            with self._lock:
+                prepared = self._prepared.get(key)
+                if prepared is None:
+                    prepared = self._prepared[key] = Prepared(self._builder.outputs(size), set())
+            out: Any = prepared.outputs[self.column][1]
+            span = memoryview(out).cast("B")[position * width : (position + count) * width]
+            into.append((offset + row * width, span))
+        return offset, into
+
+    def _learn(self, views: ShardViews, payload: pa.Buffer | None) -> int | None:
+        """Where the column's bytes start in ``payload``, remembered for shards of as many rows."""
+        if self.column is None or payload is None:
+            return None
+        array: Any = views.arrays[self.column]
+        start = array.ctypes.data - payload.address
+        if not array.flags.c_contiguous or start < 0 or start + views.rows * self._row_bytes > payload.size:
+            with self._lock:
+                self._offsets.pop(views.rows, None)
+            return None  # not a plain view of the payload (e.g. a converted column)
+        with self._lock:
+            self._offsets[views.rows] = start
+        return int(start)
