@@ -11,6 +11,10 @@ Given a ``hasher`` (an ``xxhash`` object), :func:`read_bulk` also feeds it each 
 payload as it arrives, while the piece is still in the CPU's cache: hashing it there costs less
 than half of hashing the whole value again from memory afterwards.
 
+Given ``into`` (``(offset, destination)`` pairs), :func:`read_bulk` receives those ranges of the
+payload straight into their destinations instead of the buffer: the loader has a shard's image
+column land in the batch tensors this way (dataloader/inplace.py), with no copy of its own.
+
 Only the plain case is handled: a bulk string (``$len``) or a null (``$-1``, or ``_`` in
 RESP3, which redis-py 8 speaks by default). Anything
 else (``MOVED``, ``ASK``, ``WRONGTYPE``, a RESP3 push) raises :class:`NotBulk` once the
