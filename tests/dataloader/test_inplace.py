@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis.exceptions as redis_exceptions
 
 from shardcache.cache import Manifest, ShardCache
 from shardcache.dataloader import CachedDataLoader
@@ -135,3 +136,26 @@ def test_a_shard_read_through_is_gathered(
         assert 0 < sum(p.placed for p in placed) < manifest.num_shards
     finally:
         cache.delete(name, force=True)
+
+
+def test_a_direct_read_cut_short_is_repeated_through_redis_py(
+    images: Manifest, cache: ShardCache, placed: list[inplace_module.InPlace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardcache.cache import store as store_module
+
+    direct = store_module.read_bulk
+    calls = {"cut": 0}
+
+    def cut_every_third(client: Any, key: str, *, cluster: bool, hasher: Any = None, into: Any = ()) -> Any:
+        calls["cut"] += 1
+        if into and calls["cut"] % 3 == 0:
+            for _, destination in into:
+                destination[: min(64, len(destination))] = b"\xff" * min(64, len(destination))  # half-received
+            raise redis_exceptions.ConnectionError("Connection reset by peer")
+        return direct(client, key, cluster=cluster, hasher=hasher, into=into)
+
+    monkeypatch.setattr(store_module, "read_bulk", cut_every_third)
+    batches = list(CachedDataLoader(images.name, cache=cache, batch_size=32, shuffle=False))
+    check(batches, list(range(ROWS)))
+    assert calls["cut"] >= 6, "some reads were cut short after writing into the batches"
+    assert sum(p.placed for p in placed) > 0
