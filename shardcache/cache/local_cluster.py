@@ -592,6 +592,13 @@ class LocalCluster:
             return node.proc.poll() is None
         return bool(node.pid) and _is_server(node.pid, node.port, node.started_at)
 
+    def _exited(self, node: _Node) -> bool:
+        """Whether a signalled node has exited (a zombie counts). Not ``not _alive``: while a process
+        exits, its command line already reads empty, so it no longer looks like our server."""
+        if node.proc is not None:
+            return node.proc.poll() is not None
+        return not _running(node.pid, node.started_at)
+
     def _signal(self, node: _Node, sig: int) -> bool:
         """Signal the node if it is still the server we started; never a recycled pid."""
         if node.proc is not None:
@@ -617,7 +624,7 @@ class LocalCluster:
                         self._signal(n, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
             deadline = time.monotonic() + grace
             while pending and time.monotonic() < deadline:
-                pending = [n for n in pending if self._alive(n)]
+                pending = [n for n in pending if not self._exited(n)]
                 if pending:
                     time.sleep(_POLL_S)
             if not pending:
@@ -907,6 +914,25 @@ def _start_time(pid: int) -> float | None:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
+
+
+def _running(pid: int, started_at: float | None) -> bool:
+    """Whether process ``pid`` (started at ``started_at``, when known) has not exited yet."""
+    try:
+        import psutil
+    except ImportError:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+    try:
+        proc = psutil.Process(pid)
+        if started_at is not None and abs(proc.create_time() - started_at) > 1.0:
+            return False  # the pid now belongs to another process
+        return bool(proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
+    except psutil.Error:
+        return False
 
 
 def _is_server(pid: int, port: int, started_at: float | None) -> bool:
