@@ -212,9 +212,12 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
 
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
     by_pos = _Groups(plan, row_offsets(ds.rows), mine.tolist())
-    # Without workers, shards are received straight into their batches where the plan allows it
-    # (see inplace.py); in a worker the batch is built in shared memory by the worker's own thread.
-    inplace = None if in_worker else InPlace(builder, source)
+    # Without workers, an unshuffled read receives shards straight into their batches (see inplace.py);
+    # shuffled reads (rows scatter over positions), workers and datasets without an image-sized column
+    # gather, with no work added to their read path.
+    inplace = None if in_worker or ds.shuffle else InPlace(builder, source)
+    if inplace is not None and inplace.column is None:
+        inplace = None
     needs = {need.shard: need for need in schedule}
 
     def load(index: int) -> ShardViews:

@@ -167,7 +167,7 @@ def test_chunks_are_whole_windows_bounded_by_bytes_pool_and_workers():
                          max_batches=1) == 3  # fmt: skip
 
 
-def test_gather_copiesrow_runs_of_consecutive_rows_at_once():
+def test_gather_copies_runs_of_consecutive_rows_at_once():
     assert row_runs(np.array([0, 1, 2, 5, 6, 3]), np.array([7, 8, 9, 0, 1, 2])) == [(0, 7, 3), (5, 0, 2), (3, 2, 1)]
     assert row_runs(np.array([4]), np.array([9])) == [(4, 9, 1)]
     assert row_runs(np.array([0, 1]), np.array([3, 2])) == [(0, 3, 1), (1, 2, 1)], "rows must go up too"
