@@ -281,6 +281,19 @@ def _summarize_profiles(profile: Path, systems: Sequence[System], say: Callable[
             say(text)
 
 
+def _steal_share(before: Any, after: Any) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests between two ``psutil.cpu_times()``
+    (Linux's steal time), or None where it is not reported: on a VM, a loader that needs both cores
+    (its reads and the Redis servers beside it) loses more to steal than one that needs one."""
+    if not hasattr(before, "steal"):
+        return None
+    def busy_and_idle(t: Any) -> float:  # guest time is already counted in user time
+        return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    total = busy_and_idle(after) - busy_and_idle(before)
+    return (after.steal - before.steal) / total if total > 0 else None
+
+
 def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[str] = (),
         profile: Path | None = None, profile_systems: frozenset[str] = frozenset({"cached"})) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON document (see ``--json-out``)."""
@@ -313,8 +326,10 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
         )
         systems, skipped = build_systems(ctx)
         say(f"measuring {len(systems)} systems: {cfg.warmup} warm-up + {cfg.rounds} rounds, alternating")
+        cpu_before = psutil.cpu_times()
         outcomes = run_rounds(systems, rounds=cfg.rounds, warmup=cfg.warmup, timeout=cfg.child_timeout, say=say,
                               wrap=profiler)
+        steal = _steal_share(cpu_before, psutil.cpu_times())
         if profile is not None:
             _summarize_profiles(profile, systems, say)
         scaling = None
@@ -333,7 +348,7 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
             "machine": {
                 "platform": platform.platform(), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
-                "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+                "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "steal_share": steal,
             },
             "versions": {**_versions(), "mosaicml-streaming": peers.version("streaming") if peers else None,
                          "litdata": peers.version("litdata") if peers else None,
@@ -359,6 +374,8 @@ def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
     meta = doc["meta"]
     ds = meta["dataset"]
     load = ", ".join(f"{x:.1f}" for x in meta["machine"]["load_avg_start"])
+    if meta["machine"].get("steal_share") is not None:
+        load += f"; CPU steal during the rounds {meta['machine']['steal_share']:.1%}"
     lines = [
         f"dataset: {ds['rows']:,} samples x {ds['sample_bytes']:,} B = {ds['bytes'] / 1e6:,.0f} MB; "
         f"shards {meta['config']['shard_size'] >> 10} KiB; medians of {meta['config']['rounds']} rounds "

@@ -2,15 +2,19 @@
 
     python benchmarks/inplace_gain.py                        # 1 GB of 3x224x224 images, batch 256, 12 epochs
     python benchmarks/inplace_gain.py --batch-size 64 --epochs 16
+    python benchmarks/inplace_gain.py --workers 2            # DataLoader workers (persistent)
 
-Without workers and unshuffled, three loaders run in one process over the same data, one epoch each
-in turn (the order alternating), after one warm-up epoch each:
+Unshuffled, three loaders run in one process over the same data, one epoch each in turn (the order
+alternating), after one warm-up epoch each:
 
 * ``inplace``: ``CachedDataLoader`` as shipped: each shard's image column received into the batches;
 * ``gather``: the same loader with in-place receiving turned off: shards received into their own
   buffers, rows then copied into the batches (what the loader did before inplace.py);
 * ``parquet``: the plain ``torch.utils.data.DataLoader`` over the same Parquet files that
-  ``compare.py`` measures.
+  ``compare.py`` measures, with as many workers.
+
+In-place receiving is turned off by replacing ``InPlace._into`` around the ``gather`` loader's
+epochs; its persistent workers are forked during its warm-up epoch, with the replacement in place.
 
 It prints each one's median samples/s and the medians of the paired per-epoch ratios, which hold up
 better than absolute figures on a noisy machine. The dataset and the cluster are compare.py's
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=10**9, help="dataset bytes (default 1 GB)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of every loader (default 0)")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "bench-out" / "compare")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="The given (NumPy array|buffer) is not writable")
@@ -71,13 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     with redis_cluster(workdir=args.workdir / "inplace-cluster", maxmemory=3 * args.size,
                        server_bin=preferred_server()) as cluster:  # fmt: skip
         prefetch(str(data.parquet_dir), dataset="inplace-gain", cache=cluster.url, shard_size="4MiB")
+        workers = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
         loaders = {
-            "inplace": CachedDataLoader("inplace-gain", cache=cluster.url, batch_size=args.batch_size, shuffle=False),
-            "gather": CachedDataLoader("inplace-gain", cache=cluster.url, batch_size=args.batch_size, shuffle=False),
+            "inplace": CachedDataLoader("inplace-gain", cache=cluster.url, batch_size=args.batch_size, shuffle=False,
+                                        **workers),
+            "gather": CachedDataLoader("inplace-gain", cache=cluster.url, batch_size=args.batch_size, shuffle=False,
+                                       **workers),
             "parquet": torch.utils.data.DataLoader(
-                _parquet_dataset(files, args.batch_size, None, list(shape)), batch_size=None, num_workers=0
+                _parquet_dataset(files, args.batch_size, None, list(shape)), batch_size=None, **workers
             ),
-        }
+        }  # fmt: skip
         rates: dict[str, list[float]] = {name: [] for name in loaders}
         for epoch in range(args.epochs + 1):
             order = list(loaders) if epoch % 2 else list(reversed(loaders))
@@ -88,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                     rates[name].append(rate)
         inplace_module.InPlace._into = receive  # type: ignore[method-assign]
 
-    print(f"{data.rows:,} samples of {'x'.join(map(str, shape))} uint8, batch {args.batch_size}, no workers, "
-          f"unshuffled, {args.epochs} epochs each after a warm-up")  # fmt: skip
+    print(f"{data.rows:,} samples of {'x'.join(map(str, shape))} uint8, batch {args.batch_size}, "
+          f"{args.workers} workers, unshuffled, {args.epochs} epochs each after a warm-up")  # fmt: skip
     for name, values in rates.items():
         print(f"{name:8s} median {statistics.median(values):8,.0f} samples/s")
     for a, b in (("inplace", "gather"), ("inplace", "parquet"), ("gather", "parquet")):

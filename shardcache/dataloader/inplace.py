@@ -1,11 +1,12 @@
 """Batches built in place: a shard's largest column received from the socket straight into its batches.
 
-Without workers, the main process would copy every byte twice: the kernel copies a shard from the
-socket into its buffer, then the gather copies its rows into the batch. When each batch that uses a
-shard takes one run of its consecutive rows into consecutive positions (an unshuffled read), the
-read-ahead thread that loads the shard instead has the largest fixed-width column received straight
-into those batches' tensors (``ShardCache.get_payload(..., into=...)``), and copies the shard's other
-tensor columns there itself. The batch loop then finds the batch made (a :class:`Prepared`).
+A loader would copy every byte twice: the kernel copies a shard from the socket into its buffer, then
+the gather copies its rows into the batch. When each batch that uses a shard takes one run of its
+consecutive rows into consecutive positions (an unshuffled read), the read-ahead thread that loads
+the shard instead has the largest fixed-width column received straight into those batches' tensors
+(``ShardCache.get_payload(..., into=...)``), and copies the shard's other tensor columns there
+itself. The batch loop then finds the batch made (a :class:`Prepared`). In a DataLoader worker
+those tensors are the shared-memory block the batch travels in (a pool slot, taken ahead).
 
 Where a column's bytes lie in a payload is learned from the first shard of each row count, read the
 ordinary way, and checked again on every shard once it is decoded. A shard whose column is not where
@@ -45,10 +46,42 @@ class InPlace:
         self._offsets: dict[int, int] = {}  # rows of a shard -> where the column starts in its payload
         self._prepared: dict[int, Prepared] = {}
         self._lock = threading.Lock()
-        self.placed = 0  # shards received in place
+        self._loading = 0  # loads under way: they may still write into prepared batches
+        self._closed = False
 
     def load(self, index: int, uses: Sequence[Use]) -> ShardViews:
         """Shard ``index``, its rows already in the batches of ``uses`` when it could be received there."""
+        with self._lock:
+            self._loading += 1
+        try:
+            return self._load(index, uses)
+        finally:
+            with self._lock:
+                self._loading -= 1
+                left = self._leftovers()
+            self._discard(left)
+
+    def close(self) -> None:
+        """No more batches are taken: the prepared ones left are discarded (their pool slots given
+        back) once no load writes into them any more. Loads after this gather as usual."""
+        with self._lock:
+            self._closed = True
+            left = self._leftovers()
+        self._discard(left)
+
+    def _leftovers(self) -> list[Prepared]:
+        """Under the lock: the prepared batches to discard, once closed and no load runs."""
+        if not self._closed or self._loading:
+            return []
+        left = list(self._prepared.values())
+        self._prepared.clear()
+        return left
+
+    def _discard(self, left: list[Prepared]) -> None:
+        for prepared in left:
+            self._builder.discard(prepared)
+
+    def _load(self, index: int, uses: Sequence[Use]) -> ShardViews:
         rows = self._source.manifest.shards[index].rows
         offset, into = self._into(rows, uses)
         table, payload = self._source.load_into(index, into)
@@ -67,8 +100,7 @@ class InPlace:
             with self._lock:
                 prepared.done.add(id(views))
         views.holes = self.column
-        with self._lock:
-            self.placed += 1
+        self._source.counters.add(received_in_place=1)
         return views
 
     def take(self, key: int) -> Prepared | None:
@@ -79,7 +111,7 @@ class InPlace:
     def _into(self, rows: int, uses: Sequence[Use]) -> tuple[int | None, list[tuple[int, memoryview]]]:
         """Where the column starts in a payload of ``rows`` rows, and the destination of each run of it."""
         with self._lock:
-            offset = self._offsets.get(rows)
+            offset = None if self._closed else self._offsets.get(rows)
         if self.column is None or offset is None:
             return None, []
         spans = []
@@ -94,7 +126,7 @@ class InPlace:
             with self._lock:
                 prepared = self._prepared.get(key)
                 if prepared is None:
-                    prepared = self._prepared[key] = Prepared(self._builder.outputs(size), set())
+                    prepared = self._prepared[key] = self._builder.prepare(size)
             out: Any = prepared.outputs[self.column][1]
             span = memoryview(out).cast("B")[position * width : (position + count) * width]
             into.append((offset + row * width, span))

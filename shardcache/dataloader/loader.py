@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -173,15 +174,19 @@ class CachedDataLoader(DataLoader):
         )  # fmt: skip
         num_batches = self.cached_dataset.plan(spec).num_batches
         if self.num_workers > 0:
-            # A worker's batches in flight: the prefetched ones, the one in the training loop, and those
-            # of its chunk waiting to be put back in order. More get fresh blocks, freed after use.
+            # A worker's batches in flight: the prefetched ones, the one in the training loop, those of
+            # its chunk waiting to be put back in order, and those its read-ahead receives shards into
+            # (inplace.py). More get fresh blocks, freed after use.
+            ds = self.cached_dataset
             prefetch = self.prefetch_factor or 2
             chunk = chunk_batches(
-                batches_per_window=spec.chunk, window_bytes=spec.window * self.cached_dataset.sample_nbytes,
+                batches_per_window=spec.chunk, window_bytes=spec.window * ds.sample_nbytes,
                 windows=-(-(num_batches - spec.start) // spec.chunk), num_workers=self.num_workers,
                 max_batches=POOL_SLOTS - prefetch,
             )  # fmt: skip
-            spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk))
+            batch_bytes = max(1.0, spec.batch_size * ds.sample_nbytes)
+            ahead = 0 if ds.shuffle else 1 + math.ceil(ds.readahead_bytes(spec.window) / batch_bytes)
+            spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk + ahead))
         return _Run(spec, num_batches)
 
     def __len__(self) -> int:

@@ -179,7 +179,11 @@ class Acquired(NamedTuple):
 
 
 class SlotPool:
-    """Up to ``slots`` shared-memory buffers of one worker process, each free, or busy with a generation."""
+    """Up to ``slots`` shared-memory buffers of one worker process, each free, or busy with a generation.
+
+    Thread-safe: the worker's read-ahead threads take blocks for the batches they receive shards into,
+    and the queue's feeder thread pickles them.
+    """
 
     def __init__(self, slots: int = POOL_SLOTS) -> None:
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -189,6 +193,7 @@ class SlotPool:
         self._generations = itertools.count(1)
         self._blocks: dict[int, tuple[int, int]] = {}  # storage (its _cdata) -> (slot, incarnation)
         self._announced = [0] * slots  # the incarnation whose descriptor was sent, per slot
+        self._lock = threading.Lock()
 
     def _drop(self, index: int) -> None:
         buffer = self._buffers[index]
@@ -204,15 +209,16 @@ class SlotPool:
 
     def describe(self, storage: torch.UntypedStorage) -> tuple[Any, ...] | None:
         """How to pickle ``storage`` if it is one of this pool's blocks (see the module docstring), else None."""
-        found = self._blocks.get(storage._cdata)
-        if found is None:
-            return None
-        slot, incarnation = found
-        df = None
-        if self._announced[slot] != incarnation:
-            fd, _ = storage._share_fd_cpu_()
-            df = DupFd(fd)
-            self._announced[slot] = incarnation
+        with self._lock:
+            found = self._blocks.get(storage._cdata)
+            if found is None:
+                return None
+            slot, incarnation = found
+            df = None
+            if self._announced[slot] != incarnation:
+                fd, _ = storage._share_fd_cpu_()
+                df = DupFd(fd)
+                self._announced[slot] = incarnation
         return (_map_block, (self.token, slot, incarnation, storage.nbytes(), df))
 
     def acquire(self, nbytes: int, *, limit: int | None = None) -> Acquired:
@@ -220,6 +226,10 @@ class SlotPool:
         else from a new buffer in an empty slot, or in place of a free buffer of another size; else,
         every slot being busy, a fresh unpooled one. Only the first ``limit`` slots are used; free
         buffers beyond it are dropped."""
+        with self._lock:
+            return self._acquire(nbytes, limit)
+
+    def _acquire(self, nbytes: int, limit: int | None) -> Acquired:
         flags, buffers = self._flags, self._buffers
         used = len(buffers) if limit is None else max(0, min(limit, len(buffers)))
         for i in range(used, len(buffers)):
@@ -249,13 +259,14 @@ class SlotPool:
         """Fill the empty slots among the first ``limit`` with blocks of ``nbytes``, every page faulted
         in (the kernel zero-fills a shared page when it is first touched); returns how many were made."""
         made = 0
-        for index in range(min(limit, len(self._buffers))):
-            if self._buffers[index] is None and self._flags[index] == 0:
-                self._new_block(index, nbytes, next(self._generations))
-                buffer = self._buffers[index]
-                assert buffer is not None
-                buffer.numpy()[::_PAGE] = 0
-                made += 1
+        with self._lock:
+            for index in range(min(limit, len(self._buffers))):
+                if self._buffers[index] is None and self._flags[index] == 0:
+                    self._new_block(index, nbytes, next(self._generations))
+                    buffer = self._buffers[index]
+                    assert buffer is not None
+                    buffer.numpy()[::_PAGE] = 0
+                    made += 1
         return made
 
     def give_back(self, slot: tuple[int, int]) -> None:

@@ -33,6 +33,8 @@ class LoaderStats:
         worker_wait_seconds: time the workers spent waiting for shards (summed over workers).
         reused_buffers: batches that workers built in a shared-memory buffer the main process had given
             back (no fresh pages to fault in).
+        received_in_place: shards whose largest column went from the socket straight into the batches
+            (unshuffled reads; see ``inplace.py``).
         elapsed_seconds: wall time from the start of each iteration to its last batch, summed.
     """
 
@@ -49,6 +51,7 @@ class LoaderStats:
     worker_wait_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     reused_buffers: int = 0
+    received_in_place: int = 0
 
     @property
     def hit_ratio(self) -> float:

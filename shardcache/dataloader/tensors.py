@@ -10,8 +10,8 @@ A batch is a dict mapping column name to value:
 Each shard is viewed once (:meth:`BatchBuilder.views`, zero-copy numpy arrays over the Arrow buffers);
 a batch then copies its rows straight into the output tensor, one ``out[positions] = view[rows]`` per
 shard. That runs at memcpy-like speed, about six times faster than an Arrow ``take`` over the
-concatenated shards. Without workers, an unshuffled read skips even that copy for its largest column
-(see :mod:`.inplace`). In a DataLoader worker the output lives in shared memory from the start, so
+concatenated shards. An unshuffled read skips even that copy for its largest column (see
+:mod:`.inplace`). In a DataLoader worker the output lives in shared memory from the start, so
 handing it to the main process copies nothing more, and large outputs come from the worker's
 :class:`~shardcache.dataloader.slots.SlotPool`, reused once the main process has dropped them; in
 the main process output buffers are reused once the training loop has dropped every reference to
@@ -138,12 +138,19 @@ class ShardViews:
         self.holes: str | None = None  # a column received into its batches instead (see inplace.py)
 
 
+Outputs = dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]
+Claimed = tuple[tuple[int, int], torch.Tensor]  # a pool slot and the block it lends
+
+
 @dataclass
 class Prepared:
-    """A batch's outputs made before it is gathered, and the shards (``id`` of their views) already in them."""
+    """A batch's outputs made before it is gathered (:meth:`BatchBuilder.prepare`), the shards (``id``
+    of their views) already in them, and the worker pool slot they live in, if any."""
 
-    outputs: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]
+    outputs: Outputs
     done: set[int]
+    claimed: Claimed | None = None
+    reused: bool = False
 
 
 class BufferPool:
@@ -190,7 +197,7 @@ class BatchBuilder:
         self._pool = BufferPool() if pool is None else pool
         self._slots = slots
         self._slot_limit = slot_limit
-        self._claimed: list[tuple[tuple[int, int], torch.Tensor]] = []
+        self._claimed: list[Claimed] = []
         self._reused = 0
         self._board_sent = False
 
@@ -207,15 +214,17 @@ class BatchBuilder:
                 arrays[spec.name] = array
         return ShardViews(table, arrays)
 
-    def outputs(self, size: int) -> dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]]:
-        """The output tensor (and a numpy view of it) of each tensor column of a batch of ``size``."""
+    def prepare(self, size: int) -> Prepared:
+        """The output tensor (and a numpy view of it) of each tensor column of a batch of ``size``, to
+        fill now or ahead of :meth:`gather` (thread-safe). A prepared batch that is never gathered
+        must be handed to :meth:`discard`."""
         layout = [(s.name, (size, *s.shape), s.dtype) for s in self.specs if s.kind == "tensor" and s.dtype]
-        outputs: dict[str, tuple[torch.Tensor, np.ndarray[Any, Any]]] = {}
+        outputs: Outputs = {}
         if get_worker_info() is None:
             for name, shape, dtype in layout:
                 array = self._pool.get(shape, dtype)
                 outputs[name] = (torch.from_numpy(array), array)
-            return outputs
+            return Prepared(outputs, set())
         # In a worker, every column in one shared-memory block: sending the batch to the main process
         # then copies nothing and passes one file descriptor.
         offsets, total = self._block_layout(layout)
@@ -223,13 +232,16 @@ class BatchBuilder:
             block, slot, reused = self._slots.acquire(total, limit=self._slot_limit)
         else:
             block, slot, reused = shared_bytes(max(total, 1)), None, False
-        if slot is not None:
-            self._claimed.append((slot, block))
-            self._reused += reused
         for (name, shape, dtype), offset in zip(layout, offsets, strict=True):
             tensor = block[offset : offset + math.prod(shape) * dtype.itemsize].view(_torch_dtype(dtype)).view(shape)
             outputs[name] = (tensor, tensor.numpy())
-        return outputs
+        return Prepared(outputs, set(), None if slot is None else (slot, block), reused)
+
+    def discard(self, prepared: Prepared) -> None:
+        """Give back the pool slot of a prepared batch that will not be gathered; nothing may write
+        into its outputs any more."""
+        if prepared.claimed is not None and self._slots is not None:
+            self._slots.give_back(prepared.claimed[0])
 
     @staticmethod
     def _block_layout(layout: Sequence[tuple[str, tuple[int, ...], np.dtype[Any]]]) -> tuple[list[int], int]:
@@ -267,11 +279,13 @@ class BatchBuilder:
         the batch's outputs, made and partly filled beforehand (see inplace.py). In a worker with a
         slot pool, :meth:`take_claim` then returns the slots the batch was built in.
         """
-        if prepared is not None:
-            return self._gather(parts, size, prepared)
         claimed = len(self._claimed)
+        prepared = self.prepare(size) if prepared is None else prepared
+        if prepared.claimed is not None:
+            self._claimed.append(prepared.claimed)
+            self._reused += prepared.reused
         try:
-            return self._gather(parts, size)
+            return self._gather(parts, size, prepared)
         except BaseException:
             if self._slots is not None:
                 for slot, _ in self._claimed[claimed:]:
@@ -296,11 +310,10 @@ class BatchBuilder:
         self,
         parts: Sequence[tuple[ShardViews, np.ndarray[Any, Any], np.ndarray[Any, Any]]],
         size: int,
-        prepared: Prepared | None = None,
+        prepared: Prepared,
     ) -> dict[str, Any]:
         batch: dict[str, Any] = {}
-        outputs = self.outputs(size) if prepared is None else prepared.outputs
-        done = set() if prepared is None else prepared.done
+        outputs, done = prepared.outputs, prepared.done
         for views, _, _ in parts:
             if views.holes is not None and id(views) not in done:
                 raise RuntimeError(f"shard views of {self.dataset!r} lack {views.holes!r}: it went into other batches")

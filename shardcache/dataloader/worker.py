@@ -212,10 +212,10 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
 
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
     by_pos = _Groups(plan, row_offsets(ds.rows), mine.tolist())
-    # Without workers, an unshuffled read receives shards straight into their batches (see inplace.py);
-    # shuffled reads (rows scatter over positions), workers and datasets without an image-sized column
-    # gather, with no work added to their read path.
-    inplace = None if in_worker or ds.shuffle else InPlace(builder, source)
+    # An unshuffled read receives shards straight into their batches (see inplace.py); shuffled reads
+    # (rows scatter over positions) and datasets without an image-sized column gather, with no work
+    # added to their read path.
+    inplace = None if ds.shuffle else InPlace(builder, source)
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}
@@ -259,4 +259,6 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
         yield TaggedBatch(j, None, 0, counters.take(), _portable(exc, in_worker))
     finally:
         ahead.close()
+        if inplace is not None:
+            inplace.close()
         drop_lease(lease, ds.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 from types import ModuleType
 
@@ -52,6 +53,14 @@ def test_the_cluster_runs_valkey_9_when_installed(compare: ModuleType) -> None:
         assert preferred_server() == find_server_binary()
 
 
+def test_steal_share_is_the_stolen_part_of_all_cpu_time(compare: ModuleType) -> None:
+    times = namedtuple("times", "user system idle steal guest guest_nice")
+    before, after = times(10, 5, 80, 5, 3, 0), times(40, 15, 120, 25, 13, 0)  # guest is inside user
+    assert compare._steal_share(before, after) == pytest.approx(20 / 100)
+    assert compare._steal_share(before, before) is None
+    assert compare._steal_share(namedtuple("t", "user idle")(1, 2), namedtuple("t", "user idle")(3, 4)) is None
+
+
 @pytest.mark.slow
 def test_quick_run_prints_the_table_and_writes_json_and_chart(
     compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -70,6 +79,9 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
     assert {"command", "machine", "versions", "dataset", "config"} <= set(doc["meta"])
     assert doc["meta"]["dataset"]["image_shape"] == [3, 64, 64]
     assert doc["meta"]["config"]["redis"].startswith(("LocalCluster of redis ", "LocalCluster of valkey "))
+    steal = doc["meta"]["machine"]["steal_share"]  # Linux reports steal time, on a VM or not
+    assert steal is not None
+    assert 0 <= steal <= 1
     rows = {r["key"]: r for r in doc["systems"]}
     for row in rows.values():
         assert set(row) == SYSTEM_KEYS
@@ -104,6 +116,7 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
 
     assert "samples/s" in printed
     assert "cache: LocalCluster of " in printed
+    assert "CPU steal during the rounds" in printed
     assert "1st epoch samples/s" in printed
     assert "first epoch (cold: worker start-up, connections, first shards)" in printed
     assert "CachedDataLoader" in printed

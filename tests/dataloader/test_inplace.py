@@ -1,9 +1,11 @@
-"""Batches built in place (inplace.py): without workers, an unshuffled read receives its image-sized
-column straight into the batches; the batches are the same as gathered ones in every case, and
-batches the training loop still holds are never written over."""
+"""Batches built in place (inplace.py): an unshuffled read receives its image-sized column straight
+into the batches, with or without workers; the batches are the same as gathered ones in every case,
+batches the training loop still holds are never written over, and a worker's pool slots taken for
+batches never gathered are given back once no read writes into them."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,13 @@ import pytest
 import redis.exceptions as redis_exceptions
 
 from shardcache.cache import Manifest, ShardCache
-from shardcache.dataloader import CachedDataLoader
+from shardcache.dataloader import CachedDataLoader, CachedDataset
 from shardcache.dataloader import inplace as inplace_module
+from shardcache.dataloader import tensors as tensors_module
+from shardcache.dataloader.slots import SlotPool
+from shardcache.dataloader.source import ShardSource
+from shardcache.dataloader.stats import Counters
+from shardcache.dataloader.tensors import BatchBuilder
 from shardcache.prefetcher import prefetch
 
 from .conftest import unique_name
@@ -58,20 +65,6 @@ def images(cache: ShardCache, tmp_path_factory: pytest.TempPathFactory) -> Itera
     cache.delete(name, force=True)
 
 
-@pytest.fixture
-def placed(monkeypatch: pytest.MonkeyPatch) -> list[inplace_module.InPlace]:
-    """Every InPlace made, to count the shards it received in place."""
-    made: list[inplace_module.InPlace] = []
-    original = inplace_module.InPlace.__init__
-
-    def init(self: inplace_module.InPlace, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(inplace_module.InPlace, "__init__", init)
-    return made
-
-
 def check(batches: list[dict[str, Any]], ids: list[int]) -> None:
     assert [int(i) for b in batches for i in b["id"].tolist()] == ids
     for batch in batches:
@@ -82,30 +75,55 @@ def check(batches: list[dict[str, Any]], ids: list[int]) -> None:
 
 
 @pytest.mark.parametrize("batch_size", [7, 64])
-def test_an_unshuffled_read_is_received_in_place(
-    images: Manifest, cache: ShardCache, placed: list[inplace_module.InPlace], batch_size: int
-) -> None:
+def test_an_unshuffled_read_is_received_in_place(images: Manifest, cache: ShardCache, batch_size: int) -> None:
     loader = CachedDataLoader(images.name, cache=cache, batch_size=batch_size, shuffle=False)
     first = list(loader)
     check(first, list(range(ROWS)))
     second = list(loader)  # the pool's buffers are reused only once nothing holds them
     check(first, list(range(ROWS)))
     check(second, list(range(ROWS)))
-    assert sum(p.placed for p in placed) > images.num_shards, "all but the first shard of each row count"
+    # All but the first shard of each row count, in each epoch.
+    assert loader.stats().received_in_place > images.num_shards
 
 
-def test_a_shuffled_read_is_gathered(images: Manifest, cache: ShardCache, placed: list[inplace_module.InPlace]) -> None:
+@pytest.mark.parametrize("batch_size", [7, 100])
+def test_workers_receive_in_place_into_their_pool_blocks(images: Manifest, cache: ShardCache, batch_size: int) -> None:
+    loader = CachedDataLoader(images.name, cache=cache, batch_size=batch_size, shuffle=False, num_workers=2,
+                              persistent_workers=True)  # fmt: skip
+    first = list(loader)
+    second = list(loader)  # while the first epoch's batches are held: their blocks are not reused
+    check(first, list(range(ROWS)))
+    check(second, list(range(ROWS)))
+    del first, second
+    third = list(loader)  # now they are
+    check(third, list(range(ROWS)))
+    stats = loader.stats()
+    assert stats.received_in_place > images.num_shards
+    if batch_size == 100:  # batches of 7 are below the pool's POOL_MIN_BYTES: fresh blocks
+        assert stats.reused_buffers > 0
+
+
+def test_a_loop_cut_short_loses_no_batch_of_the_next_epoch(images: Manifest, cache: ShardCache) -> None:
+    loader = CachedDataLoader(images.name, cache=cache, batch_size=100, shuffle=False, num_workers=2,
+                              persistent_workers=True)  # fmt: skip
+    for k, _ in enumerate(loader):
+        if k == 1:
+            break
+    check(list(loader), list(range(ROWS)))
+
+
+def test_a_shuffled_read_is_gathered(images: Manifest, cache: ShardCache) -> None:
     loader = CachedDataLoader(images.name, cache=cache, batch_size=16, shuffle=True, seed=3)
     batches = list(loader)
     ids = [int(i) for b in batches for i in b["id"].tolist()]
     assert sorted(ids) == list(range(ROWS))
     assert ids != list(range(ROWS))
     check(batches, ids)
-    assert sum(p.placed for p in placed) == 0
+    assert loader.stats().received_in_place == 0
 
 
 def test_a_column_not_where_expected_is_read_again(
-    images: Manifest, cache: ShardCache, placed: list[inplace_module.InPlace], monkeypatch: pytest.MonkeyPatch
+    images: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     learn = inplace_module.InPlace._learn
 
@@ -116,14 +134,12 @@ def test_a_column_not_where_expected_is_read_again(
         return found
 
     monkeypatch.setattr(inplace_module.InPlace, "_learn", misplace)
-    batches = list(CachedDataLoader(images.name, cache=cache, batch_size=32, shuffle=False))
-    check(batches, list(range(ROWS)))
-    assert sum(p.placed for p in placed) == 0
+    loader = CachedDataLoader(images.name, cache=cache, batch_size=32, shuffle=False)
+    check(list(loader), list(range(ROWS)))
+    assert loader.stats().received_in_place == 0
 
 
-def test_a_shard_read_through_is_gathered(
-    cache: ShardCache, tmp_path: Path, placed: list[inplace_module.InPlace]
-) -> None:
+def test_a_shard_read_through_is_gathered(cache: ShardCache, tmp_path: Path) -> None:
     ids = np.arange(120, dtype=np.int64)
     pq.write_table(rows_of(ids), tmp_path / "part-0.parquet")
     name = unique_name("inplace-miss")
@@ -131,15 +147,15 @@ def test_a_shard_read_through_is_gathered(
     try:
         for shard in manifest.shards[2:4]:
             cache.client.delete(shard.key)  # evicted: rebuilt from the source
-        batches = list(CachedDataLoader(name, cache=cache, batch_size=10, shuffle=False))
-        check(batches, list(range(120)))
-        assert 0 < sum(p.placed for p in placed) < manifest.num_shards
+        loader = CachedDataLoader(name, cache=cache, batch_size=10, shuffle=False)
+        check(list(loader), list(range(120)))
+        assert 0 < loader.stats().received_in_place < manifest.num_shards
     finally:
         cache.delete(name, force=True)
 
 
 def test_a_direct_read_cut_short_is_repeated_through_redis_py(
-    images: Manifest, cache: ShardCache, placed: list[inplace_module.InPlace], monkeypatch: pytest.MonkeyPatch
+    images: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shardcache.cache import store as store_module
 
@@ -155,7 +171,61 @@ def test_a_direct_read_cut_short_is_repeated_through_redis_py(
         return direct(client, key, cluster=cluster, hasher=hasher, into=into)
 
     monkeypatch.setattr(store_module, "read_bulk", cut_every_third)
-    batches = list(CachedDataLoader(images.name, cache=cache, batch_size=32, shuffle=False))
-    check(batches, list(range(ROWS)))
+    loader = CachedDataLoader(images.name, cache=cache, batch_size=32, shuffle=False)
+    check(list(loader), list(range(ROWS)))
     assert calls["cut"] >= 6, "some reads were cut short after writing into the batches"
-    assert sum(p.placed for p in placed) > 0
+    assert loader.stats().received_in_place > 0
+
+
+class GatedSource(ShardSource):
+    """A real ShardSource whose loads wait for ``gate`` once ``hold`` is set."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold, self.gate, self.waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def load_into(self, index: int, into: Any = ()) -> Any:
+        if self.hold.is_set():
+            self.waiting.set()
+            assert self.gate.wait(30)
+        return super().load_into(index, into)
+
+
+def test_closing_gives_pool_slots_back_once_no_load_writes_into_them(
+    images: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tensors_module, "get_worker_info", object)  # build batches as a worker does
+    ds = CachedDataset(images.name, cache=cache, shuffle=False)
+    pool = SlotPool(4)
+    builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=pool, slot_limit=4)
+    source = GatedSource(cache=cache, manifest=ds.manifest, counters=Counters(), read_through=True,
+                         write_back=False, prefetch_transform=None)  # fmt: skip
+    inplace = inplace_module.InPlace(builder, source)
+    rows = images.shards[0].rows
+    same = [s.index for s in images.shards[1:] if s.rows == rows]
+    assert len(same) >= 2
+
+    def uses(key: int) -> list[inplace_module.Use]:  # the shard's rows first in a batch of 100 (> POOL_MIN_BYTES)
+        return [(key, 100, np.arange(rows), np.arange(rows))]
+
+    inplace.load(0, uses(0))  # learns where the image column starts; nothing received in place
+    assert inplace.take(0) is None
+    inplace.load(same[0], uses(1))
+    taken = inplace.take(1)
+    assert taken is not None
+    assert taken.claimed is not None  # a pool slot, busy until the batch is sent and released
+    assert pool.board.numpy()[taken.claimed[0][0]] != 0
+    builder.discard(taken)
+    assert not pool.board.numpy().any()
+
+    source.hold.set()
+    loading = threading.Thread(target=inplace.load, args=(same[1], uses(2)))
+    loading.start()
+    assert source.waiting.wait(30)  # the batch is prepared and the load is about to receive into it
+    assert pool.board.numpy().any()
+    inplace.close()
+    assert pool.board.numpy().any(), "a load still writes into that block: its slot must stay busy"
+    source.gate.set()
+    loading.join(30)
+    assert not pool.board.numpy().any(), "given back once the load finished"
+    assert inplace.take(2) is None
