@@ -13,7 +13,9 @@ than half of hashing the whole value again from memory afterwards.
 
 Given ``into`` (``(offset, destination)`` pairs), :func:`read_bulk` receives those ranges of the
 payload straight into their destinations instead of the buffer: the loader has a shard's image
-column land in the batch tensors this way (dataloader/inplace.py), with no copy of its own.
+column land in the batch tensors this way (dataloader/inplace.py), with no copy of its own. The
+buffer is then a reused anonymous mapping whose pages under those ranges are never touched, so
+they take no memory.
 
 Only the plain case is handled: a bulk string (``$len``) or a null (``$-1``, or ``_`` in
 RESP3, which redis-py 8 speaks by default). Anything
@@ -32,7 +34,11 @@ RESP header and then the value's own memory with ``sendall``, and expects ``+OK`
 
 from __future__ import annotations
 
+import mmap
+import os
 import socket
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -149,7 +155,7 @@ def _exchange(conn: Any, key: str, hasher: Any = None, into: Into = ()) -> pa.Bu
         if got > total:  # more than one reply arrived: the stream is out of step
             conn.disconnect()
             raise NotBulk("bytes after a bulk reply")
-        buf = pa.allocate_buffer(total)
+        buf = _sparse.buffer(total) if into else pa.allocate_buffer(total)
         view = memoryview(buf).cast("B")
         view[:got] = head[end + 2 : filled]
         try:
@@ -176,6 +182,40 @@ def _exchange(conn: Any, key: str, hasher: Any = None, into: Into = ()) -> pa.Bu
             conn.disconnect()
             raise NotBulk("a bulk reply without its trailing CRLF")
         return buf.slice(0, length)
+
+
+class _SparseRegions:
+    """Anonymous mappings for values whose ``into`` ranges go elsewhere, reused once nothing views them.
+
+    The pages under those ranges are never touched, so they take no memory, where a buffer from
+    Arrow's pool is recycled memory, resident already. A mapping per value would be slower still
+    (mapping, faulting in and unmapping cost more than the memory saved), hence the reuse. Private
+    mappings: a forked child gets copies on write, and a pool of its own.
+    """
+
+    STEP = 1 << 20  # sizes rounded up to this, so that shards of a dataset share regions
+    KEEP = 32  # about the shards a loader process holds at once
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._regions: list[mmap.mmap] = []
+        self._pid = os.getpid()
+
+    def buffer(self, nbytes: int) -> pa.Buffer:
+        size = -(-max(nbytes, 1) // self.STEP) * self.STEP
+        with self._lock:
+            if self._pid != os.getpid():
+                self._regions, self._pid = [], os.getpid()
+            region = next((r for r in self._regions if len(r) == size and sys.getrefcount(r) <= 3), None)
+            # (free: held by the list, the generator's frame and getrefcount's argument only)
+            if region is None:
+                region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+                if len(self._regions) < self.KEEP:
+                    self._regions.append(region)
+        return pa.py_buffer(memoryview(region)[:nbytes])  # (a slice of a pa.Buffer is read-only)
+
+
+_sparse = _SparseRegions()
 
 
 def _pieces(view: memoryview, length: int, into: Into) -> list[tuple[int, int, memoryview, bool]]:

@@ -14,7 +14,7 @@ import xxhash
 
 from shardcache.cache import RetryPolicy, ShardCache, checksum, connect
 from shardcache.cache import store as store_module
-from shardcache.cache.bulk import NotBulk, _exchange, _exchange_set, read_bulk, write_bulk
+from shardcache.cache.bulk import NotBulk, _exchange, _exchange_set, _SparseRegions, read_bulk, write_bulk
 from shardcache.cache.local_cluster import LocalCluster
 
 
@@ -90,6 +90,40 @@ def test_ranges_are_received_into_their_destinations(cache: ShardCache) -> None:
         assert hasher.hexdigest() == checksum(value), "the checksum covers the placed bytes too"
     finally:
         cache.client.delete(k)
+
+
+def test_values_received_partly_elsewhere_reuse_mappings_nothing_views() -> None:
+    regions = _SparseRegions()
+    first = regions.buffer(3 * _SparseRegions.STEP + 5)
+    assert first.size == 3 * _SparseRegions.STEP + 5
+    assert first.is_mutable
+    view = memoryview(first).cast("B")
+    view[-5:] = b"hello"
+    assert regions.buffer(3 * _SparseRegions.STEP + 9).address != first.address, "still viewed: a new one"
+    kept = first.address
+    del first, view
+    again = regions.buffer(3 * _SparseRegions.STEP + 9)
+    assert again.address == kept, "the same size class, viewed by nothing: reused"
+    assert regions.buffer(100).address != kept, "another size class"
+
+
+def test_a_forked_child_maps_its_own_regions() -> None:
+    regions = _SparseRegions()
+    parent = regions.buffer(1000)
+    memoryview(parent).cast("B")[:5] = b"first"
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pool, and the parent's bytes copied on write, never shared
+        try:
+            child = regions.buffer(1000)
+            memoryview(parent).cast("B")[:5] = b"child"
+            os.write(writer, b"ok" if child.address != parent.address else b"shared")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    assert os.read(reader, 16) == b"ok"
+    os.waitpid(pid, 0)
+    assert parent.to_pybytes()[:5] == b"first", "a private mapping: the child's write stays in the child"
 
 
 def test_a_value_too_short_for_its_ranges_is_left_to_redis_py(cache: ShardCache) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import threading
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -251,3 +252,25 @@ def test_the_limit_bounds_the_pool_and_drops_free_buffers_beyond_it() -> None:
     pool.give_back(second.slot)
     assert pool.acquire(100, limit=1).slot is None, "slot 1 is beyond the new limit"
     assert pool.acquire(100, limit=2).slot == (1, 3), "its buffer was dropped: a new one"
+
+
+def test_threads_acquiring_at_once_never_share_a_slot() -> None:
+    # A worker's read-ahead threads take blocks for the batches they receive shards into (inplace.py).
+    pool = SlotPool(slots=16)
+    start = threading.Barrier(8)
+    got: list[tuple[int, int] | None] = []
+
+    def take() -> None:
+        start.wait()
+        for _ in range(2):
+            got.append(pool.acquire(4096).slot)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pooled = [slot for slot in got if slot is not None]
+    assert len(pooled) == 16
+    assert len({index for index, _ in pooled}) == 16, "each slot handed out once"
+    assert pool.board.numpy().all()
