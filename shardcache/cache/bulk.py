@@ -14,8 +14,8 @@ than half of hashing the whole value again from memory afterwards.
 Given ``into`` (``(offset, destination)`` pairs), :func:`read_bulk` receives those ranges of the
 payload straight into their destinations instead of the buffer: the loader has a shard's image
 column land in the batch tensors this way (dataloader/inplace.py), with no copy of its own. The
-buffer is then a reused anonymous mapping whose pages under those ranges are never touched, so
-they take no memory.
+buffer is then an anonymous mapping whose pages under those ranges are never touched, so they take
+no memory.
 
 Only the plain case is handled: a bulk string (``$len``) or a null (``$-1``, or ``_`` in
 RESP3, which redis-py 8 speaks by default). Anything
@@ -37,8 +37,8 @@ from __future__ import annotations
 import mmap
 import os
 import socket
-import sys
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -155,7 +155,7 @@ def _exchange(conn: Any, key: str, hasher: Any = None, into: Into = ()) -> pa.Bu
         if got > total:  # more than one reply arrived: the stream is out of step
             conn.disconnect()
             raise NotBulk("bytes after a bulk reply")
-        buf = _sparse.buffer(total) if into else pa.allocate_buffer(total)
+        buf = _sparse.buffer(total, into) if into else pa.allocate_buffer(total)
         view = memoryview(buf).cast("B")
         view[:got] = head[end + 2 : filled]
         try:
@@ -188,9 +188,11 @@ class _SparseRegions:
     """Anonymous mappings for values whose ``into`` ranges go elsewhere, reused once nothing views them.
 
     The pages under those ranges are never touched, so they take no memory, where a buffer from
-    Arrow's pool is recycled memory, resident already. A mapping per value would be slower still
-    (mapping, faulting in and unmapping cost more than the memory saved), hence the reuse. Private
-    mappings: a forked child gets copies on write, and a pool of its own.
+    Arrow's pool is recycled memory, resident already. A mapping per value would be slower (mapping,
+    faulting in and unmapping cost more than the memory saved), hence the reuse; a reused region first
+    gives back the pages its last value touched. A region is free once the memoryview it lent is gone:
+    every Arrow buffer and array over the value holds it. Private mappings: a forked child gets copies
+    on write, and starts a pool of its own.
     """
 
     STEP = 1 << 20  # sizes rounded up to this, so that shards of a dataset share regions
@@ -198,21 +200,44 @@ class _SparseRegions:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._regions: list[mmap.mmap] = []
-        self._pid = os.getpid()
+        self._regions: list[tuple[mmap.mmap, weakref.ref[memoryview]]] = []
+        os.register_at_fork(after_in_child=self._forget)
 
-    def buffer(self, nbytes: int) -> pa.Buffer:
+    def _forget(self) -> None:
+        # A thread of the parent may have held the lock when it forked: both are the parent's.
+        self._lock = threading.Lock()
+        self._regions = []
+
+    def buffer(self, nbytes: int, holes: Into) -> pa.Buffer:
+        """A writable buffer of ``nbytes`` whose ``holes`` (``(offset, destination)``, as ``into``) take
+        no memory until written."""
         size = -(-max(nbytes, 1) // self.STEP) * self.STEP
         with self._lock:
-            if self._pid != os.getpid():
-                self._regions, self._pid = [], os.getpid()
-            region = next((r for r in self._regions if len(r) == size and sys.getrefcount(r) <= 3), None)
-            # (free: held by the list, the generator's frame and getrefcount's argument only)
-            if region is None:
+            free = next((k for k, (r, lent) in enumerate(self._regions) if len(r) == size and lent() is None), None)
+            if free is None:
                 region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-                if len(self._regions) < self.KEEP:
-                    self._regions.append(region)
-        return pa.py_buffer(memoryview(region)[:nbytes])  # (a slice of a pa.Buffer is read-only)
+            else:
+                region = self._regions[free][0]
+                _drop_pages(region, holes)
+            view = memoryview(region)[:nbytes]  # (a slice of a pa.Buffer would be read-only)
+            if free is not None:
+                self._regions[free] = (region, weakref.ref(view))
+            elif len(self._regions) < self.KEEP:
+                self._regions.append((region, weakref.ref(view)))
+        return pa.py_buffer(view)
+
+
+def _drop_pages(region: mmap.mmap, holes: Into) -> None:
+    """Give back the whole pages inside ``holes`` that an earlier value touched (a range of another
+    row count, or rows received here for another worker): they become untouched zero pages again.
+    Pages that are not there cost nothing to drop."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for offset, destination in holes:
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (offset + destination.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            region.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 _sparse = _SparseRegions()

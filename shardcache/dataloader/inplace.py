@@ -125,8 +125,12 @@ class InPlace:
         for key, size, (position, row, count) in spans:
             with self._lock:
                 prepared = self._prepared.get(key)
-                if prepared is None:
-                    prepared = self._prepared[key] = self._builder.prepare(size)
+            if prepared is None:  # made outside the lock (it may map a block); another load may win
+                made = self._builder.prepare(size)
+                with self._lock:
+                    prepared = self._prepared.setdefault(key, made)
+                if prepared is not made:
+                    self._builder.discard(made)
             out: Any = prepared.outputs[self.column][1]
             span = memoryview(out).cast("B")[position * width : (position + count) * width]
             into.append((offset + row * width, span))

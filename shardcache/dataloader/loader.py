@@ -176,16 +176,18 @@ class CachedDataLoader(DataLoader):
         if self.num_workers > 0:
             # A worker's batches in flight: the prefetched ones, the one in the training loop, those of
             # its chunk waiting to be put back in order, and those its read-ahead receives shards into
-            # (inplace.py). More get fresh blocks, freed after use.
+            # (inplace.py; it runs about half its budget ahead of the loop). More get fresh blocks,
+            # freed after use.
             ds = self.cached_dataset
             prefetch = self.prefetch_factor or 2
+            batch_bytes = max(1.0, spec.batch_size * ds.sample_nbytes)
+            ahead = 0 if ds.shuffle else math.ceil(ds.readahead_bytes(spec.window) / (2 * batch_bytes))
+            ahead = max(0, min(ahead, POOL_SLOTS // 2 - prefetch))  # leave chunks at least half the pool
             chunk = chunk_batches(
                 batches_per_window=spec.chunk, window_bytes=spec.window * ds.sample_nbytes,
                 windows=-(-(num_batches - spec.start) // spec.chunk), num_workers=self.num_workers,
-                max_batches=POOL_SLOTS - prefetch,
+                max_batches=POOL_SLOTS - prefetch - ahead,
             )  # fmt: skip
-            batch_bytes = max(1.0, spec.batch_size * ds.sample_nbytes)
-            ahead = 0 if ds.shuffle else 1 + math.ceil(ds.readahead_bytes(spec.window) / batch_bytes)
             spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk + ahead))
         return _Run(spec, num_batches)
 

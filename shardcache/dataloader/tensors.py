@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,22 +162,23 @@ class BufferPool:
     """
 
     def __init__(self, per_key: int = 6) -> None:
-        self._free: dict[tuple[Any, ...], list[np.ndarray[Any, Any]]] = {}
+        self._kept: dict[tuple[Any, ...], list[tuple[np.ndarray[Any, Any], weakref.ref[Any]]]] = {}
         self._per_key = per_key
         self._lock = threading.Lock()
 
     def get(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        """An array of ``shape``; a kept one when the view it lent last is gone (every tensor over it)."""
         key = (shape, dtype.str)
         with self._lock:
-            arrays = self._free.setdefault(key, [])
-            for array in arrays:
-                # Held only by the list, the loop and getrefcount's argument: every tensor handed out is gone.
-                if sys.getrefcount(array) <= 3:
-                    return array
-            array = np.empty(shape, dtype=dtype)
-            if len(arrays) < self._per_key:
-                arrays.append(array)
-            return array
+            kept = self._kept.setdefault(key, [])
+            free = next((k for k, (_, lent) in enumerate(kept) if lent() is None), None)
+            array = np.empty(shape, dtype=dtype) if free is None else kept[free][0]
+            view = array[...]  # what the batch holds: a view of its own, watched by a weak reference
+            if free is not None:
+                kept[free] = (array, weakref.ref(view))
+            elif len(kept) < self._per_key:
+                kept.append((array, weakref.ref(view)))
+            return view
 
 
 class BatchBuilder:
@@ -292,6 +293,12 @@ class BatchBuilder:
                     self._slots.give_back(slot)
             del self._claimed[claimed:]
             raise
+
+    def give_back(self, claim: SlotClaim | None) -> None:
+        """Free the pool slots of a gathered batch that will not be sent (its transform failed)."""
+        if claim is not None and self._slots is not None:
+            for slot in claim.slots:
+                self._slots.give_back(slot)
 
     def take_claim(self) -> tuple[SlotClaim | None, int]:
         """The pool slots of the batches gathered since the last call, and how many were reused buffers.

@@ -233,7 +233,10 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     threads = ds.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
-    builder.reserve(spec.batch_size, batches=min(len(mine), RESERVED_BLOCKS))  # while the first shards load
+    # While the first shards load, make the blocks of the first batches; receiving in place, of the whole
+    # pool: batches are then filled ahead of the loop, and memory is at once what it settles at.
+    reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
+    builder.reserve(spec.batch_size, batches=min(len(mine), reserve))
     j = int(mine[0])
     try:
         for pos, j_ in enumerate(mine.tolist()):
@@ -248,7 +251,11 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
             if reused:
                 counters.add(reused_buffers=reused)
             if ds.transform is not None:
-                batch = ds.transform(batch)
+                try:
+                    batch = ds.transform(batch)
+                except BaseException:
+                    builder.give_back(claim)  # the batch is never sent
+                    raise
             if spec.tagged:
                 yield TaggedBatch(j, batch, size, counters.take(), claim=claim)
             else:

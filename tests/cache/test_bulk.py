@@ -94,28 +94,28 @@ def test_ranges_are_received_into_their_destinations(cache: ShardCache) -> None:
 
 def test_values_received_partly_elsewhere_reuse_mappings_nothing_views() -> None:
     regions = _SparseRegions()
-    first = regions.buffer(3 * _SparseRegions.STEP + 5)
+    first = regions.buffer(3 * _SparseRegions.STEP + 5, ())
     assert first.size == 3 * _SparseRegions.STEP + 5
     assert first.is_mutable
     view = memoryview(first).cast("B")
     view[-5:] = b"hello"
-    assert regions.buffer(3 * _SparseRegions.STEP + 9).address != first.address, "still viewed: a new one"
+    assert regions.buffer(3 * _SparseRegions.STEP + 9, ()).address != first.address, "still viewed: a new one"
     kept = first.address
     del first, view
-    again = regions.buffer(3 * _SparseRegions.STEP + 9)
+    again = regions.buffer(3 * _SparseRegions.STEP + 9, ())
     assert again.address == kept, "the same size class, viewed by nothing: reused"
-    assert regions.buffer(100).address != kept, "another size class"
+    assert regions.buffer(100, ()).address != kept, "another size class"
 
 
 def test_a_forked_child_maps_its_own_regions() -> None:
     regions = _SparseRegions()
-    parent = regions.buffer(1000)
+    parent = regions.buffer(1000, ())
     memoryview(parent).cast("B")[:5] = b"first"
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its own pool, and the parent's bytes copied on write, never shared
         try:
-            child = regions.buffer(1000)
+            child = regions.buffer(1000, ())
             memoryview(parent).cast("B")[:5] = b"child"
             os.write(writer, b"ok" if child.address != parent.address else b"shared")
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
@@ -258,6 +259,8 @@ def test_threads_acquiring_at_once_never_share_a_slot() -> None:
     # A worker's read-ahead threads take blocks for the batches they receive shards into (inplace.py).
     pool = SlotPool(slots=16)
     start = threading.Barrier(8)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch all the time: a race would show
     got: list[tuple[int, int] | None] = []
 
     def take() -> None:
@@ -266,10 +269,13 @@ def test_threads_acquiring_at_once_never_share_a_slot() -> None:
             got.append(pool.acquire(4096).slot)
 
     threads = [threading.Thread(target=take) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
     pooled = [slot for slot in got if slot is not None]
     assert len(pooled) == 16
     assert len({index for index, _ in pooled}) == 16, "each slot handed out once"

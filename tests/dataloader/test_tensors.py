@@ -9,7 +9,7 @@ import torch
 
 from shardcache.dataloader.plan import EpochPlan
 from shardcache.dataloader.shuffle import row_offsets
-from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, column_specs, row_runs
+from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, BufferPool, column_specs, row_runs
 from shardcache.dataloader.worker import batch_groups, chunk_batches, shard_schedule, worker_batches
 from shardcache.errors import ConfigError
 
@@ -179,3 +179,17 @@ def test_shard_schedule_lists_first_and_last_use():
                            drop_last=False)  # fmt: skip
     schedule = shard_schedule(plan, np.arange(plan.num_batches), nbytes=[100, 200, 300])
     assert [(n.shard, n.first, n.last, n.nbytes) for n in schedule] == [(0, 0, 2, 100), (1, 2, 4, 200), (2, 5, 7, 300)]
+
+
+def test_the_buffer_pool_lends_an_array_again_once_nothing_views_it():
+    pool = BufferPool(per_key=2)
+    shape, dtype = (4, 8), np.dtype(np.float32)
+    first = torch.from_numpy(pool.get(shape, dtype))
+    address = first.data_ptr()
+    narrowed = first[1:3]  # any view of the batch keeps the array lent
+    del first
+    assert pool.get(shape, dtype).ctypes.data != address, "still viewed: another array"
+    del narrowed
+    again = pool.get(shape, dtype)
+    assert again.ctypes.data == address, "viewed by nothing: lent again"
+    assert pool.get((2, 2), dtype).ctypes.data != address, "another shape, another array"
