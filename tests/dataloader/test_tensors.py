@@ -193,3 +193,21 @@ def test_the_buffer_pool_lends_an_array_again_once_nothing_views_it():
     again = pool.get(shape, dtype)
     assert again.ctypes.data == address, "viewed by nothing: lent again"
     assert pool.get((2, 2), dtype).ctypes.data != address, "another shape, another array"
+
+
+def test_a_batch_never_sent_gives_its_pool_slots_back(monkeypatch: pytest.MonkeyPatch):
+    from shardcache.dataloader import tensors
+    from shardcache.dataloader.slots import POOL_MIN_BYTES, SlotPool
+
+    monkeypatch.setattr(tensors, "get_worker_info", object)  # build batches as a DataLoader worker does
+    width = POOL_MIN_BYTES
+    table = pa.table({"image": pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), 2, [None, pa.py_buffer(np.zeros(2 * width, dtype=np.uint8))])})  # fmt: skip
+    pool = SlotPool(slots=2)
+    builder = BatchBuilder(column_specs(table.schema, ["image"]), dataset="t", slots=pool, slot_limit=2)
+    gather(builder, [table], [(0, 0), (0, 1)])
+    claim, _ = builder.take_claim()
+    assert claim is not None
+    assert pool.board.numpy().any()
+    builder.give_back(claim)  # e.g. the dataset's transform raised on it
+    assert not pool.board.numpy().any()
