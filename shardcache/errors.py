@@ -145,15 +145,28 @@ class DatasetInUse(ShardCacheError):
 
 
 class SourceError(ShardCacheError):
-    """The source data is missing, empty, unreadable or inconsistent.
+    """The source data is missing, empty, unreadable or inconsistent, or changed since it was listed.
 
     Attributes:
         uri: the file or location at fault.
+        dataset, version, shard: the dataset version and shard concerned, when there is one (a
+            shard rebuilt from a file that changed since the prefetch).
     """
 
-    def __init__(self, message: str, *, uri: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        uri: str | None = None,
+        dataset: str | None = None,
+        version: str | None = None,
+        shard: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.uri = uri
+        self.dataset = dataset
+        self.version = version
+        self.shard = shard
 
 
 class PrefetchFailed(ShardCacheError):

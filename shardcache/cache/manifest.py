@@ -25,7 +25,7 @@ import pyarrow as pa
 from ..errors import ManifestCorrupted
 from .keys import validate_dataset_name, validate_version
 
-__all__ = ["Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "State"]
+__all__ = ["FileIdentity", "Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "State"]
 
 FORMAT_VERSION = 1
 State = Literal["loading", "complete"]
@@ -38,6 +38,7 @@ MAX_SEGMENTS_PER_SHARD = 100_000
 # 4096 chunks of the default 8 MiB is a 32 GiB shard: far past any sane shard size, yet it
 # caps the keys that one planted record can make a reader or `rm` walk through.
 MAX_CHUNKS_PER_SHARD = 4096
+MAX_FILES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,20 @@ class SourceSegment:
     @property
     def rows(self) -> int:
         return self.row_stop - self.row_start
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """A source file as the prefetch listed it: its URI (as in the segments), size and mtime.
+
+    A file whose size or mtime differs now was rewritten since: rows rebuilt from it are not
+    the version's rows. (pyarrow.fs gives no ETag or generation; an object store sets the mtime
+    on every write, to the second.)
+    """
+
+    uri: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,8 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     transform_id: str | None = None
     source: SourceSpec | None = None
+    # Every source file's identity at listing time; () in manifests written before it was recorded.
+    files: tuple[FileIdentity, ...] = ()
 
     @property
     def num_shards(self) -> int:
@@ -151,6 +168,8 @@ class Manifest:
             "source": None if self.source is None else _spec_to_dict(self.source),
             "shards": [_shard_to_dict(s) for s in self.shards],
         }
+        if self.files:  # left out when unknown, so a manifest without it stays byte-identical
+            doc["files"] = [[f.uri, f.size, f.mtime_ns] for f in self.files]
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -306,6 +325,7 @@ def _manifest_from_dict(doc: Any) -> Manifest:
     if num_rows != sum(s.rows for s in shards):
         raise ValueError(f"num_rows={num_rows} is not the sum of the shards' rows")
     source = doc.get("source")
+    files = _files_from_doc(doc.get("files", []))
     return Manifest(
         # ConfigError is a ValueError: a bad name or version reads as a malformed manifest.
         name=validate_dataset_name(doc["name"]),
@@ -317,7 +337,20 @@ def _manifest_from_dict(doc: Any) -> Manifest:
         created_at=float(created_at),
         transform_id=transform_id,
         source=None if source is None else _spec_from_dict(source),
+        files=files,
     )
+
+
+def _files_from_doc(doc: Any) -> tuple[FileIdentity, ...]:
+    if not isinstance(doc, list) or len(doc) > MAX_FILES:
+        raise ValueError("files is not a list of [uri, size, mtime_ns]")
+    out = []
+    for item in doc:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ValueError("files holds a malformed entry")
+        out.append(FileIdentity(uri=_str(item[0], "files[] uri"), size=_int(item[1], "files[] size"),
+                                mtime_ns=_int(item[2], "files[] mtime_ns")))
+    return tuple(out)
 
 
 def _spec_from_dict(doc: Any) -> SourceSpec:

@@ -3,9 +3,11 @@
 A shard that the cache cannot serve (missing: evicted, lost with a node, or never cached under
 ``allow_partial``; not written yet because the prefetch still runs; corrupt; or the cache unreachable
 past its retry deadline) is rebuilt from its source segments with
-:func:`shardcache.prefetcher.read_source_shard`: the same rows in the same order. When the rebuilt
-payload is byte-identical to what the manifest records (or the version is still loading), it is
-written back so the next reader hits. ``read_through=False`` raises instead.
+:func:`shardcache.prefetcher.read_source_shard`: the same rows in the same order, checked against the
+manifest's checksum (or, with none yet, the source files against the size and mtime the prefetch
+listed) before any row is handed out: a shard rebuilt from a file rewritten since raises
+:class:`SourceError` naming the file, in the training loop, never a batch of foreign rows. A rebuilt
+payload is written back so the next reader hits. ``read_through=False`` raises instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..cache import Manifest, ShardCache, checksum, decode_payload
+from ..cache import Manifest, ShardCache, decode_payload
 from ..cache.bulk import Into
 from ..errors import CacheUnavailable, ShardCacheError, ShardCorrupted, ShardMissing, SourceError
 from .stats import Counters
@@ -84,39 +86,31 @@ class ShardSource:
         return exc
 
     def _rebuild(self, index: int, *, writable: bool) -> pa.Table:
-        from ..prefetcher.rebuild import read_source_shard  # the prefetcher's readers load lazily
+        from ..prefetcher.rebuild import rebuild_shard  # the prefetcher's readers load lazily
 
         manifest = self.manifest
-        table = read_source_shard(manifest, index, transform=self.prefetch_transform)
+        table, payload = rebuild_shard(manifest, index, transform=self.prefetch_transform)  # checked: see the doc
         expected = manifest.shards[index].rows
         if table.num_rows != expected:
             raise SourceError(
                 f"shard {index} of {manifest.name!r} rebuilt from its source has {table.num_rows} rows, the "
                 f"manifest says {expected}: the source changed since the prefetch; prefetch it again",
                 uri=manifest.shards[index].source[0].uri if manifest.shards[index].source else None,
+                dataset=manifest.name, version=manifest.version, shard=index,
             )
         self.counters.add(read_throughs=1, source_rows=table.num_rows)
         if self.write_back and writable:
-            self._write_back(index, table)
+            self._write_back(index, payload)
         return table
 
-    def _write_back(self, index: int, table: pa.Table) -> None:
-        from ..prefetcher.rebuild import encode_shard  # the prefetch's encoder: the same bytes, written once
-
+    def _write_back(self, index: int, payload: pa.Buffer) -> None:
         manifest = self.manifest
         shard = manifest.shards[index]
-        payload = encode_shard(table, compression=manifest.compression)
         chunks = -(-payload.size // self.cache.chunk_size) or 1
-        if manifest.state == "complete":
-            # Readers of a complete version trust its manifest: only bytes that match it may go back.
-            if not shard.cached:
-                return  # never cached (allow_partial): the manifest would not point readers at it
-            if (payload.size, chunks) != (shard.nbytes, shard.chunks) or checksum(payload) != shard.checksum:
-                log.warning(
-                    "shard %d of %r rebuilt from its source differs byte-wise from the prefetched one; "
-                    "not written back (re-run the prefetch to refresh it)", index, manifest.name,
-                )  # fmt: skip
-                return
+        # Readers of a complete version trust its manifest: a shard never cached (allow_partial) stays
+        # uncached, and one cut into other chunks (another chunk size) is not written over the record.
+        if manifest.state == "complete" and (not shard.cached or chunks != shard.chunks):
+            return
         try:
             if not self._version_present():
                 return

@@ -77,9 +77,10 @@ class Layout:
 
 
 class RowReader(Protocol):
-    """Reads rows ``[start, stop)`` of one file; cheap when called in source order."""
+    """Reads rows ``[start, stop)`` of one file of ``fs``; cheap when called in source order."""
 
     schema: pa.Schema
+    fs: pafs.FileSystem
 
     def read(self, path: str, start: int, stop: int) -> pa.Table: ...
 

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 
 from ..cache.codec import encode_table
 from ..cache.keys import KeySpace
-from ..cache.manifest import Manifest, ShardInfo, SourceSegment, SourceSpec
+from ..cache.manifest import FileIdentity, Manifest, ShardInfo, SourceSegment, SourceSpec
 from ..errors import ConfigError, SourceError
 from .formats import Layout, describe_tabular, detect_format
 from .plan import PlannedShard, plan_shards, target_bytes
@@ -140,6 +140,7 @@ def plan_manifest(
     manifest = Manifest(
         name=dataset, version=version, schema=schema, shards=shards, compression=compression,
         transform_id=transform_id(transform), source=spec,
+        files=tuple(FileIdentity(src.uri_of(f.path), f.size, f.mtime_ns) for f in src.files),
     )
     return Planned(manifest=manifest, estimates=[s.nbytes for s in planned])
 

@@ -2,7 +2,10 @@
 
 Both the prefetch and :func:`read_source_shard` build a shard with
 :func:`build_shard`, so the rebuilt rows, schema and encoded bytes (hence the
-checksum) are exactly those prefetched.
+checksum) are exactly those prefetched. A rebuilt shard is checked before anyone gets
+its rows: against the checksum the manifest records, or, while the version loads and
+has none yet, its files against the size and mtime the prefetch listed. Rows of a
+file rewritten since are never handed out: :class:`SourceError` names the file.
 
 >>> m = cache.manifest("imagenet-train")                     # doctest: +SKIP
 >>> table = read_source_shard(m, 17)                         # doctest: +SKIP
@@ -13,36 +16,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..cache.codec import encode_table
+from ..cache.codec import checksum, encode_table
 from ..cache.manifest import Manifest, SourceSegment, SourceSpec
 from ..errors import ConfigError, ShardMissing, SourceError
 from .formats import DatasetReader, RowReader, conform, schema_from_text
+from .identity import changed_error, changed_files
 from .rawfiles import FilesReader
-from .source import _scheme, _split_glob, resolve
+from .source import _split_glob, path_of, resolve
 from .transform import Transform, apply_transform, transform_id
 
-__all__ = ["build_shard", "canonical", "encode_shard", "open_reader", "path_of", "read_source_shard"]
+__all__ = [
+    "build_shard", "canonical", "encode_shard", "open_reader", "path_of", "read_source_shard", "rebuild_shard",
+    "verify_rebuilt",
+]
+
+_FIX = "its rows are not delivered: re-run the prefetch to cache the source as it is now"
 
 
-def path_of(uri: str) -> str:
-    """The path inside its filesystem of a segment URI written by the prefetcher."""
-    scheme = _scheme(uri)
-    if scheme in ("", "file"):
-        return urlsplit(uri).path if scheme else uri
-    parts = urlsplit(uri)
-    if scheme in ("s3", "gs", "gcs"):
-        return f"{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
-    if scheme in ("hdfs", "viewfs"):
-        return parts.path
-    import fsspec
-
-    return str(fsspec.core.url_to_fs(uri)[1])
+def _resolve(
+    spec: SourceSpec, *, filesystem: pafs.FileSystem | None, fs_options: Mapping[str, Any] | None
+) -> tuple[pafs.FileSystem, str]:
+    options = {**dict(spec.filesystem), **dict(fs_options or {})}
+    return resolve(spec.uri, options=options, filesystem=filesystem)
 
 
 def open_reader(
@@ -54,8 +54,7 @@ def open_reader(
 ) -> RowReader:
     """A reader of the source described by ``spec`` (filesystem options from the spec,
     credentials from ``fs_options`` or the environment)."""
-    options = {**dict(spec.filesystem), **dict(fs_options or {})}
-    fs, path = resolve(spec.uri, options=options, filesystem=filesystem)
+    fs, path = _resolve(spec, filesystem=filesystem, fs_options=fs_options)
     root = _split_glob(path)[0]
     if spec.format == "files":
         return FilesReader(fs=fs, root=root, label=bool(spec.options.get("label", False)))
@@ -179,8 +178,21 @@ def read_source_shard(
     ``fs_options`` (e.g. S3 credentials) when the environment does not provide them.
     ``encode_table(table, compression=manifest.compression)`` then has the shard's checksum.
     Raises :class:`ShardMissing` when the source is not recorded or the transform does not
-    match, :class:`SourceError` when the source cannot be read.
+    match, :class:`SourceError` when the source cannot be read or changed since the prefetch
+    (see :func:`verify_rebuilt`).
     """
+    return rebuild_shard(manifest, index, transform=transform, filesystem=filesystem, fs_options=fs_options)[0]
+
+
+def rebuild_shard(
+    manifest: Manifest,
+    index: int,
+    *,
+    transform: Transform | None = None,
+    filesystem: pafs.FileSystem | None = None,
+    fs_options: Mapping[str, Any] | None = None,
+) -> tuple[pa.Table, pa.Buffer]:
+    """:func:`read_source_shard`, with the payload it encoded to check the rows (for write-back)."""
     if not isinstance(index, int) or not 0 <= index < manifest.num_shards:
         raise ConfigError(f"index={index!r} is not a shard of {manifest.name!r} (0-{manifest.num_shards - 1})")
     where: dict[str, Any] = {"dataset": manifest.name, "version": manifest.version, "shard": index}
@@ -204,6 +216,39 @@ def read_source_shard(
         )
     reader = open_reader(manifest.source, filesystem=filesystem, fs_options=fs_options)
     try:
-        return build_shard(reader, manifest.shards[index].source, transform=transform, schema=manifest.schema)
+        table = build_shard(reader, manifest.shards[index].source, transform=transform, schema=manifest.schema)
     finally:
         reader.close()
+    payload = encode_shard(table, compression=manifest.compression)
+    verify_rebuilt(manifest, index, payload, fs=reader.fs)
+    return table, payload
+
+
+def verify_rebuilt(manifest: Manifest, index: int, payload: pa.Buffer, *, fs: pafs.FileSystem) -> None:
+    """Raise :class:`SourceError` unless ``payload``, shard ``index`` rebuilt from its source,
+    holds the version's rows.
+
+    With a checksum recorded (the shard was written) the payload must match it. Without one
+    (the version still loads, or the shard was never cached), the shard's files must have
+    the size and mtime the prefetch listed; they are checked after the read, so a file
+    rewritten while it was read is caught too. Manifests written before file identities
+    were recorded can only be checked by checksum.
+    """
+    shard = manifest.shards[index]
+    uris = [s.uri for s in shard.source]
+    where: dict[str, Any] = {"dataset": manifest.name, "version": manifest.version, "shard": index}
+    if shard.checksum and payload.size == shard.nbytes and checksum(payload) == shard.checksum:
+        return
+    changes = changed_files(fs, manifest, uris)
+    if changes:
+        raise changed_error(changes, **where, fix=_FIX)
+    if shard.checksum:
+        why = "the source changed since the prefetch"
+        if manifest.transform_id is not None:
+            why += f" (or transform {manifest.transform_id} does not give the same rows every time)"
+        files = ", ".join(dict.fromkeys(uris))
+        raise SourceError(
+            f"shard {index} of {manifest.name!r} version {manifest.version} rebuilt from {files} does not match "
+            f"the checksum the prefetch recorded: {why}; {_FIX}",
+            uri=uris[0] if uris else manifest.source.uri if manifest.source else None, **where,
+        )

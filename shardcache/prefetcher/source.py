@@ -28,7 +28,9 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigError, SourceError
 
-__all__ = ["FileEntry", "list_files", "normalize_options", "public_options", "redact_uri", "resolve", "to_uri"]
+__all__ = [
+    "FileEntry", "list_files", "normalize_options", "path_of", "public_options", "redact_uri", "resolve", "to_uri",
+]
 
 _GLOB_CHARS = set("*?[")
 # Options safe to store in a manifest; anything else (keys, tokens) is used but never recorded.
@@ -166,6 +168,21 @@ def to_uri(uri: str, root: str, path: str) -> str:
     if scheme in _PYARROW_SCHEMES:  # hdfs://host:port/path
         return f"{scheme}://{host}{path}"
     return f"{scheme}://{path.lstrip('/')}"  # fsspec paths carry what the URI's host held
+
+
+def path_of(uri: str) -> str:
+    """The path inside its filesystem of a segment URI written by the prefetcher."""
+    scheme = _scheme(uri)
+    if scheme in ("", "file"):
+        return urlsplit(uri).path if scheme else uri
+    parts = urlsplit(uri)
+    if scheme in ("s3", "gs", "gcs"):
+        return f"{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+    if scheme in ("hdfs", "viewfs"):
+        return parts.path
+    import fsspec
+
+    return str(fsspec.core.url_to_fs(uri)[1])
 
 
 def _split_glob(path: str) -> tuple[str, str | None]:
