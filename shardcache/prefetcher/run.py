@@ -34,12 +34,14 @@ from ..errors import (
     SourceError,
 )
 from ..units import format_bytes, parse_size
+from .identity import changed_error, what_changed
 from .job import Source, open_source, plan_manifest, version_id
 from .order import load_order
 from .pipeline import Done, WritePipeline
 from .plan import redis_bytes
 from .rebuild import build_shard, encode_shard, open_reader
 from .report import PrefetchReport, Progress, ProgressCallback, ShardFailure
+from .source import list_files
 from .transform import Transform
 
 __all__ = ["prefetch", "run_prefetch"]
@@ -52,6 +54,10 @@ MIN_INFLIGHT = 64 * 1024 * 1024
 # Source batches hold this many shards' rows: a shard spanning two batches costs a copy.
 BATCH_SHARDS = 8
 MANIFEST_HEADROOM = 256 * 1024  # the done records and allocator slack beside the manifest
+_NOT_COMMITTED = (
+    "the version is not committed (it stays 'loading'): run the prefetch again once the source stops "
+    "changing; it makes a new version from the files as they are then"
+)
 
 
 def prefetch(
@@ -213,6 +219,7 @@ def run_prefetch(
                 report.state = "loading"
                 return job.finish(manifest, started)
             if left_out or not manifest.complete or report.written:
+                job.check_listing(manifest)  # the same version id must always mean the same bytes
                 manifest = job.commit(manifest, lock)
             return job.finish(manifest, started)
     finally:
@@ -239,6 +246,8 @@ class _Job:
         self.fs_options = fs_options
         self._bytes_total = 0
         self._written: list[int] = []  # shards this run wrote, in the order they landed
+        self._listed = {src.uri_of(f.path): f for f in src.files}
+        self._checked: set[str] = set()  # files found unchanged when this run first read them
 
     # -- what is there ---------------------------------------------------------------
 
@@ -355,6 +364,7 @@ class _Job:
                 if fatal is not None:
                     break
                 lock.check()
+                self.check_files(manifest, index)
                 payload = self._encode(reader, manifest, index)
                 if payload is None:
                     continue
@@ -383,12 +393,44 @@ class _Job:
                 raise SourceError(f"read {table.num_rows} rows, the plan says {shard.rows}; the source changed")
             return encode_shard(table, compression=manifest.compression)
         except Exception as exc:  # a bad file or a transform bug fails this shard, not the run
+            self.check_files(manifest, index, again=True)  # ...but a file changed since listing fails the run
             where = getattr(exc, "uri", None) or (shard.source[0].uri if shard.source else self.src.uri)
             reason = str(exc) if isinstance(exc, ShardCacheError) else f"{type(exc).__name__}: {exc}"
             log.warning("shard %d of %r failed: %s", index, manifest.name, reason)
             self.report.failed.append(ShardFailure(shard=index, source=str(where), reason=" ".join(reason.split())))
             self._emit()
             return None
+
+    # -- the source must stay what was listed ------------------------------------------------
+
+    def check_files(self, manifest: Manifest, index: int, *, again: bool = False) -> None:
+        """Raise SourceError if a file of shard ``index`` differs from the listing (each file is
+        checked when first read; ``again`` checks them all once more, after a failed read)."""
+        for segment in manifest.shards[index].source:
+            entry = self._listed.get(segment.uri)
+            if entry is None or (segment.uri in self._checked and not again):
+                continue
+            how = what_changed(self.src.fs, entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
+            if how is not None:
+                raise changed_error([(segment.uri, how)], dataset=manifest.name, version=manifest.version,
+                                    shard=index, fix=_NOT_COMMITTED)
+            self._checked.add(segment.uri)
+
+    def check_listing(self, manifest: Manifest) -> None:
+        """Raise SourceError unless every listed file still has its listed size and mtime: a file
+        replaced after it was read would otherwise commit its old rows beside its new ones."""
+        now = {e.path: e for e in list_files(self.src.fs, self.src.root, uri=self.src.uri)}
+        changes = []
+        for uri, entry in self._listed.items():
+            current = now.get(entry.path)
+            if current is None:
+                changes.append((uri, "is gone"))
+            elif (current.size, current.mtime_ns) != (entry.size, entry.mtime_ns):
+                how = what_changed(self.src.fs, entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
+                changes.append((uri, how or "was rewritten"))
+        if changes:
+            raise changed_error(changes, dataset=manifest.name, version=manifest.version, shard=None,
+                                fix=_NOT_COMMITTED)
 
     def _collect(self, done: Iterable[Done], shards: list[ShardInfo]) -> BaseException | None:
         fatal = None
