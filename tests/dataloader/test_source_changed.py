@@ -75,7 +75,8 @@ def test_a_loading_version_checks_the_files_it_reads_through(make_dataset, cache
     loading = cache.begin(complete.replace(
         version=version, state="loading",
         shards=tuple(
-            ShardInfo(index=s.index, key=cache.keys.shard(complete.name, version, s.index), rows=s.rows, source=s.source)
+            ShardInfo(index=s.index, key=cache.keys.shard(complete.name, version, s.index), rows=s.rows,
+                      source=s.source)
             for s in complete.shards
         ),
     ))

@@ -43,7 +43,8 @@ def test_a_file_replaced_mid_prefetch_fails_the_run_and_commits_nothing(
     again = run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="16KiB")
     assert again.state == "complete"
     assert again.version not in versions, "a new version for the new bytes"
-    expected = [i for k in range(4) for i in (range(NEW, NEW + 1000) if k == victim else range(k * 1000, k * 1000 + 1000))]
+    old = [range(k * 1000, k * 1000 + 1000) for k in range(4)]
+    expected = [i for k in range(4) for i in (range(NEW, NEW + 1000) if k == victim else old[k])]
     assert cached_ids(cache, again.manifest) == expected
 
 
@@ -65,7 +66,7 @@ def test_a_file_replaced_after_it_was_read_is_caught_before_the_commit(
             pq.write_table(image_table(NEW, 1000), path, row_group_size=150)
             replaced.append(p.shards_done)
 
-    with pytest.raises(SourceError, match="before|changed since it was listed") as info:
+    with pytest.raises(SourceError, match="changed since it was listed") as info:
         run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="16KiB", progress=progress,
                      workers=1)
     assert replaced
