@@ -16,13 +16,20 @@ spread over every primary.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import quote
 
 from ..errors import ConfigError
 
-__all__ = ["KeySpace", "validate_dataset_name", "validate_version"]
+__all__ = ["KeySpace", "check_dataset_name", "validate_dataset_name", "validate_version"]
 
 MAX_NAME_LENGTH = 200
+# A shard key (prefix, name, version, index) must stay under the 1024 characters a manifest allows
+# per key: 600 keeps every ASCII name of 200 characters, even one of symbols (3 each encoded).
+MAX_ENCODED_NAME_LENGTH = 600
+# Control, format (bidi overrides, zero-width), line/paragraph separator and surrogate characters:
+# invisible or reordering in a terminal, so `ls` would show one name as another.
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -33,6 +40,48 @@ def validate_dataset_name(name: object) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ConfigError(f"dataset={name!r} contains control characters; use printable names")
     return name
+
+
+def check_dataset_name(name: object, *, argument: str = "dataset") -> str:
+    """A name for a new dataset, checked at the API edge (prefetch, loaders, the CLI).
+
+    Stricter than :func:`validate_dataset_name`, which still lets older datasets be read and
+    removed: no control, format (bidi override, zero-width) or separator characters, and at most
+    ``MAX_ENCODED_NAME_LENGTH`` characters once percent-encoded into Redis keys.
+
+    >>> check_dataset_name("imagenet/train-v2")
+    'imagenet/train-v2'
+    >>> check_dataset_name(chr(0x202E) + "gnp.exe")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    shardcache.errors.ConfigError: dataset='\\u202egnp.exe' contains U+202E (RIGHT-TO-LEFT OVERRIDE), a control...
+    """
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(
+            f"{argument}={_shown(name)} must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
+        )
+    for char in name:
+        if unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            raise ConfigError(
+                f"{argument}={_shown(name)} contains U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}), "
+                "a control or invisible character; use printable characters only"
+            )
+    encoded = len(KeySpace.encode(name))
+    if encoded > MAX_ENCODED_NAME_LENGTH:
+        raise ConfigError(
+            f"{argument}={_shown(name)} takes {encoded} characters in Redis keys, over the "
+            f"{MAX_ENCODED_NAME_LENGTH} limit (every character but ASCII letters, digits, '.', '_' and '-' is "
+            "percent-encoded: 3 per UTF-8 byte, so 'é' takes 6 and a CJK character 9); use a shorter name"
+        )
+    return name
+
+
+def _shown(name: object, limit: int = 60) -> str:
+    """``name`` as a literal, cut at ``limit``: ``repr`` escapes every character that is not
+    printable (control, format, separators), so a message never prints one raw."""
+    if isinstance(name, str) and len(name) > limit:
+        return f"{name[:limit]!r}... ({len(name)} characters)"
+    return repr(name)
 
 
 def validate_version(version: object) -> str:

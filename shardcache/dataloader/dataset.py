@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..cache import Manifest, ShardCache, connect
+from ..cache.keys import check_dataset_name
 from ..errors import CacheUnavailable, ConfigError
 from .checks import check_bool, check_callable, check_int, check_seconds, check_size
 from .plan import EpochPlan, PlanSegment
@@ -86,6 +87,7 @@ class CachedDataset(IterableDataset[Any]):
         lease_ttl: float | str = 60.0,
     ) -> None:
         super().__init__()
+        check_dataset_name(name, argument="name")
         self.shuffle = check_bool("shuffle", shuffle)
         self.seed = check_int("seed", seed, minimum=0, fix="pass an integer >= 0")
         self._rank_arg, self._world_size_arg = _check_ranks(rank, world_size)

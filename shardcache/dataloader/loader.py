@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from ..cache.keys import check_dataset_name
 from ..errors import ConfigError
 from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
@@ -115,6 +116,7 @@ class CachedDataLoader(DataLoader):
                     "or pass the dataset's name instead"
                 )
         elif isinstance(dataset, str):
+            check_dataset_name(dataset)
             try:
                 dataset = CachedDataset(dataset, cache=cache, **dataset_options)
             except TypeError as exc:

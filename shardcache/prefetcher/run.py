@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..cache.codec import validate_compression
-from ..cache.keys import validate_dataset_name
+from ..cache.keys import check_dataset_name
 from ..cache.locks import DatasetLock, delete_if_held
 from ..cache.manifest import Manifest, ShardInfo
 from ..cache.store import Capacity, ShardCache, connect
@@ -160,7 +160,7 @@ def run_prefetch(
     :class:`ConfigError`.
     """
     started = time.monotonic()
-    validate_dataset_name(dataset)
+    check_dataset_name(dataset)
     size = parse_size(shard_size, name="shard_size")
     compression = validate_compression(compression)
     cols = _columns(columns)
