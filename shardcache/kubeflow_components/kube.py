@@ -140,7 +140,7 @@ def discover_cache(
     """Resolve a Service to its ready Redis node addresses and read the password from a Secret.
 
     Args:
-        service: the Service's name, or ``name.namespace``.
+        service: the Service's name, ``namespace/name`` or ``name.namespace``.
         secret: a Secret holding the password (and optionally the username), or None.
         namespace: defaults to the pod's namespace, else the kubeconfig context's, else ``default``.
         port_name: the Service port to use; defaults to its first port (``redis`` by convention).
@@ -234,18 +234,24 @@ def _import_kubernetes() -> Any:
 
 
 def _split_service(service: object, namespace: str | None) -> tuple[str, str | None]:
-    """Split ``name``, ``name.ns`` or ``name.ns.svc[.cluster.local]`` and check the namespace agrees."""
+    """Split ``name``, ``ns/name`` (kubectl's form), ``name.ns`` or ``name.ns.svc[.cluster.local]``
+    and check the namespace agrees."""
     if not isinstance(service, str) or not service:
         raise ConfigError(f"service={service!r} is invalid: pass a Service name such as 'shardcache-redis'")
     if namespace is not None and (not isinstance(namespace, str) or not _DNS_LABEL.match(namespace)):
         raise ConfigError(
             f"namespace={namespace!r} is invalid: a namespace is lowercase letters, digits and '-', or None"
         )
-    name, _, rest = service.partition(".")
-    labels = rest.split(".") if rest else []
+    if "/" in service:
+        ns, _, name = service.partition("/")
+        labels = [ns] if "." not in name and "/" not in name else ["", ""]
+    else:
+        name, _, rest = service.partition(".")
+        labels = rest.split(".") if rest else []
     if len(labels) > 1 and labels[1] != "svc":
         raise ConfigError(
-            f"service={service!r} is invalid: pass 'name' or 'name.namespace' (optionally followed by '.svc')"
+            f"service={service!r} is invalid: pass 'name', 'namespace/name' or 'name.namespace' (optionally "
+            "followed by '.svc')"
         )
     from_service = labels[0] if labels else None
     for value in (name, from_service):

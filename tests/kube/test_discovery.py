@@ -53,6 +53,21 @@ def test_cache_url_from_k8s_keeps_the_password_out_of_the_url(api_server: ApiSer
     assert (url, password) == ("redis://10.0.0.1:7000", PASSWORD)
 
 
+@pytest.mark.parametrize("service", [f"{NS}/shardcache-redis", f"shardcache-redis.{NS}", f"shardcache-redis.{NS}.svc"])
+def test_the_namespace_can_come_with_the_service_name(api_server: ApiServer, service: str) -> None:
+    """kubectl's NAMESPACE/NAME and DNS's NAME.NAMESPACE both name the Service (issue 16, item 8)."""
+    api_server.add_service("shardcache-redis", NS, nodes=[("10.0.0.1", 7000)])
+    url, _ = kube.cache_url_from_k8s(service=service, api_client=api_server.client())
+    assert url == "redis://10.0.0.1:7000"
+
+
+@pytest.mark.parametrize("service", ["/redis", "ml/", "ml/redis.ml", "a/b/c", "ML/redis"])
+def test_malformed_namespace_slash_name_is_refused(api_server: ApiServer, service: str) -> None:
+    with pytest.raises(ConfigError, match="service="):
+        kube.discover_cache(service=service, api_client=api_server.client())
+    assert api_server.requests(SERVICES) == []
+
+
 def test_without_a_secret_the_password_is_left_to_the_environment(api_server: ApiServer) -> None:
     api_server.add_service("shardcache-redis", NS, nodes=[("10.0.0.1", 6379)])
 
@@ -121,6 +136,8 @@ def test_invalid_names_are_refused_before_any_request(api_server: ApiServer) -> 
         kube.discover_cache(service="Not_A_Name", api_client=api_server.client())
     with pytest.raises(ConfigError, match="names namespace 'a' but namespace='b'"):
         kube.discover_cache(service="redis.a", namespace="b", api_client=api_server.client())
+    with pytest.raises(ConfigError, match="names namespace 'a' but namespace='b'"):
+        kube.discover_cache(service="a/redis", namespace="b", api_client=api_server.client())
     with pytest.raises(ConfigError, match="secret="):
         kube.discover_cache(service="redis", secret="bad/name", api_client=api_server.client())
     assert api_server.requests(SERVICES) == []
