@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,10 @@ import click
 
 from . import __version__
 from .cache import ShardCache, connect, parse_url
+from .cache.keys import check_dataset_name
 from .cache.local_cluster import DEFAULT_POLICY, MAXMEMORY_POLICIES, LocalCluster
 from .errors import ConfigError, ShardCacheError
-from .units import format_bytes
+from .units import format_bytes, parse_size
 
 __all__ = ["main"]
 
@@ -32,13 +34,39 @@ DEFAULT_DIR = ".shardcache"
 
 
 class _Group(click.Group):
-    """Turns expected errors into one line on stderr: ``Error: ...``, exit status 1."""
+    """Turns expected errors into one line on stderr: ``Error: ...``, exit status 1, in the
+    words of the command line (``--shard-size``, not the Python argument ``shard_size=``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShardCacheError as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from None
+            message = " ".join(str(exc).split())
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise click.ClickException(_in_cli_words(message, command)) from None
+
+
+# Library arguments whose command-line flag has another name.
+_FLAG_OF = {
+    "format": "--format", "cache": "--redis", "k8s_service": "--k8s-service", "k8s_secret": "--k8s-secret",
+    "service": "--k8s-service", "secret": "--k8s-secret",
+}
+
+
+def _in_cli_words(message: str, command: click.Command | None) -> str:
+    """``message`` with the library's argument names (``shard_size='0'``, ``pass format=
+    (--format)``) replaced by the command's flags (``--shard-size '0'``, ``pass --format``)."""
+    flags = dict(_FLAG_OF)
+    for param in command.params if command is not None else []:
+        if isinstance(param, click.Option) and param.name:
+            flags.setdefault(param.name, max(param.opts, key=len))
+        elif isinstance(param, click.Argument) and param.name:
+            flags.setdefault(param.name, param.name.upper())
+    for name, flag in flags.items():
+        # "pass format= (--format)" and "pass allow_partial (--allow-partial)": the flag alone.
+        message = re.sub(rf"(?<![\w-]){name}=? \({re.escape(flag)}\)", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=(?=\S)", f"{flag} ", message)
+    return message
 
 
 def _fail(message: str) -> NoReturn:
@@ -52,7 +80,8 @@ def _redis_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
     fn = click.option(
         "--k8s-service", default=None, envvar="SHARDCACHE_K8S_SERVICE",
-        help="Find the cache through this Kubernetes Service ([NAMESPACE/]NAME) instead of --redis.",
+        help="Find the cache through this Kubernetes Service instead of --redis: NAME, NAMESPACE/NAME or "
+        "NAME.NAMESPACE (default namespace: the pod's, else the kubeconfig context's).",
     )(fn)
     fn = click.option(
         "--dir", "state_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
@@ -198,14 +227,29 @@ def ls_(redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secr
         return
     if not rows:
         click.echo("no datasets")
+        return
+    table = [("DATASET", "VERSION", "STATE", "SHARDS", "ROWS", "SIZE", "VERSIONS")]
+    errors = []
     for r in rows:
         if "error" in r:
-            click.echo(f"{r['dataset']}: {r['error']}")
+            errors.append(f"{_quoted(r['dataset'])}: {r['error']}")
         else:
-            click.echo(
-                f"{r['dataset']}  {r['version']}  {r['state']}  {r['cached']}/{r['shards']} shards  "
-                f"{r['rows']} rows  {format_bytes(r['bytes'])}  ({r['versions']} version(s))"
-            )
+            table.append((_quoted(r["dataset"]), r["version"], r["state"], f"{r['cached']}/{r['shards']}",
+                          str(r["rows"]), format_bytes(r["bytes"]), str(r["versions"])))
+    if len(table) > 1:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        right = {3, 4, 5, 6}  # numbers line up on their last digit
+        for row in table:
+            cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+            click.echo("  ".join(cells).rstrip())
+    for line in errors:
+        click.echo(line)
+
+
+def _quoted(name: str) -> str:
+    """``name`` as is, or quoted when a space or an unprintable character (escaped) would hide where it
+    ends or what it is."""
+    return name if name.isprintable() and not any(c.isspace() or c in "'\"" for c in name) else repr(name)
 
 
 @cli.command()
@@ -269,14 +313,20 @@ def rm(
 @click.option("--dataset", required=True, help="Name of the dataset in the cache.")
 @_redis_option
 @click.option("--format", "fmt", default=None,
-              type=click.Choice(["parquet", "arrow", "feather", "ipc", "csv", "jsonl", "json", "files"]),
-              help="Source format (default: from the file extensions).")
-@click.option("--shard-size", default="4MiB", show_default=True)
-@click.option("--compression", default=None, type=click.Choice(["lz4", "zstd"]))
-@click.option("--columns", default=None, help="Comma-separated columns to keep.")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Writer threads.")
+              type=click.Choice(["parquet", "arrow", "feather", "ipc", "csv", "tsv", "jsonl", "json", "files"]),
+              help="Source format (default: from the file extensions; tsv is tab-separated csv; files is one "
+                   "{path, bytes} row per file, path relative to SOURCE).")
+@click.option("--shard-size", default="4MiB", show_default=True, metavar="SIZE",
+              help="The most Arrow bytes per shard, e.g. 512KiB, 4MiB, 64MiB; shards stay a little under it.")
+@click.option("--compression", default="none", show_default=True, type=click.Choice(["none", "lz4", "zstd"]),
+              help="Arrow IPC buffer compression of the shards: less memory in Redis, more CPU to read.")
+@click.option("--columns", default=None, help="Comma-separated columns to keep (default: all).")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="Writer threads sending shards to Redis.")
 @click.option("--allow-partial", is_flag=True, help="Cache what fits; the loader reads the rest from the source.")
-@click.option("--order", default="source", show_default=True, type=click.Choice(["source", "epoch0"]))
+@click.option("--order", default="source", show_default=True, type=click.Choice(["source", "epoch0"]),
+              help="Load order: source order, or epoch0 (the shards a loader with --seed and --world-size "
+                   "reads first are cached first, so training can start before the prefetch ends).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="With --order epoch0.")
 @click.option("--world-size", default=1, show_default=True, type=click.IntRange(min=1),
               help="With --order epoch0: the number of training ranks.")
@@ -288,12 +338,15 @@ def rm(
 def prefetch(
     source: str, dataset: str, redis_url: str | None, state_dir: str, k8s_service: str | None,
     k8s_secret: str | None, fmt: str | None, shard_size: str, compression: str | None, columns: str | None,
-    workers: int | None, allow_partial: bool, order: str, seed: int, world_size: int, label: bool, wait: float,
+    workers: int, allow_partial: bool, order: str, seed: int, world_size: int, label: bool, wait: float,
     endpoint_override: str | None, as_json: bool,
 ) -> None:
     """Preload SOURCE (a path, glob, s3://, gs://, hdfs:// URI) into the cache as Arrow shards."""
     from .prefetcher import run_prefetch
 
+    # Checked before connecting: a typo should not wait out an unreachable cache's deadline.
+    check_dataset_name(dataset)
+    parse_size(shard_size, name="shard_size")
     options: dict[str, Any] = {}
     if label:
         options["label"] = True
@@ -301,7 +354,8 @@ def prefetch(
         options["endpoint_override"] = endpoint_override
     with _open(redis_url, state_dir, k8s_service, k8s_secret) as cache, _progress_bar(as_json) as progress:
         report = run_prefetch(
-            source, dataset=dataset, cache=cache, format=fmt, shard_size=shard_size, compression=compression,
+            source, dataset=dataset, cache=cache, format=fmt, shard_size=shard_size,
+            compression=None if compression == "none" else compression,
             columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
             workers=workers, allow_partial=allow_partial, order=order, seed=seed, world_size=world_size, wait=wait,
             progress=progress, **options,

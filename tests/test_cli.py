@@ -135,3 +135,35 @@ def test_up_status_down_as_a_user_would(tmp_path: Path, free_ports: Callable[...
     assert "stopped 2 node(s)" in down.stdout
     for node in nodes:
         assert not Path(f"/proc/{node['pid']}").exists() or "zombie" in Path(f"/proc/{node['pid']}/status").read_text()
+
+
+def test_ls_aligns_its_columns_and_quotes_names_with_spaces_or_invisible_characters(redis_url: str) -> None:
+    """Issue 16, item 8: names written by older versions (bidi overrides were accepted) show escaped."""
+    tag = uuid.uuid4().hex[:8]
+    names = {f"cli-{tag}": f"cli-{tag}", f"cli {tag} spaced": f"'cli {tag} spaced'",
+             f"cli-{tag}\u202egnp.exe": f"'cli-{tag}\\u202egnp.exe'"}
+    with connect(redis_url) as cache:
+        for name in names:
+            put_dataset(cache, name)
+    try:
+        lines = run("ls", "--redis", redis_url).output.splitlines()
+        header = lines[0]
+        assert header.split() == ["DATASET", "VERSION", "STATE", "SHARDS", "ROWS", "SIZE", "VERSIONS"]
+        assert "\u202e" not in "".join(lines)
+        mine = {shown: next(line for line in lines if line.startswith(shown + " ")) for shown in names.values()}
+        column = header.index("VERSION")
+        for shown, line in mine.items():
+            assert line[column:].split()[:3] == ["v1", "complete", "3/3"], line
+            assert line[:column].rstrip() == shown
+        assert len({len(line) for line in mine.values()}) == 1, "right-aligned numbers end in one column"
+    finally:
+        with connect(redis_url) as cache:
+            for name in names:
+                cache.delete(name, force=True)
+
+
+@pytest.mark.parametrize("service", ["ml/redis", "redis.ml"])
+def test_k8s_service_takes_both_namespace_forms(service: str) -> None:
+    """Both forms pass the CLI's checks and reach the Kubernetes lookup (which fails here: no API)."""
+    line = one_line_error(run("ls", "--k8s-service", service, env={"KUBECONFIG": "/nonexistent/kubeconfig"}))
+    assert "is invalid" not in line

@@ -90,7 +90,9 @@ class RowReader(Protocol):
 def normalize_format(fmt: str) -> str:
     name = _ALIASES.get(fmt.lower(), fmt.lower()) if isinstance(fmt, str) else fmt
     if name not in FORMATS:
-        raise ConfigError(f"format={fmt!r} is not supported; use one of {', '.join(FORMATS)} (or leave it out)")
+        raise ConfigError(
+            f"format={fmt!r} is not supported; use one of {', '.join(FORMATS)}, tsv (or leave it out)"
+        )
     return name
 
 
@@ -302,7 +304,7 @@ def describe_tabular(
     """Schema and pieces of a parquet/IPC/CSV/JSON source; checks every file's schema."""
     opts = dict(options)
     paths = [f.path for f in files]
-    if fmt == "csv" and all(p.lower().endswith(".tsv") for p in paths):
+    if fmt == "csv" and "delimiter" not in opts and all(p.lower().endswith(".tsv") for p in paths):
         opts["delimiter"] = "\t"
     hive = fmt == "parquet" and any("=" in part for f in files for part in posixpath.dirname(
         posixpath.relpath(f.path, root)).split("/"))

@@ -127,7 +127,9 @@ def run_prefetch(
         source: a local path or glob, ``file://``, ``s3://``, ``gs://`` or ``hdfs://`` URI.
         dataset: the dataset's name in the cache.
         cache: a :class:`ShardCache`, a URL, or None for ``$SHARDCACHE_REDIS_URL``.
-        format: parquet, arrow (feather/ipc), csv, jsonl or files; default from the extensions.
+        format: parquet, arrow (feather/ipc), csv, tsv (tab-separated csv), jsonl or files; default from
+            the extensions (``.tsv`` files are read as tsv). ``files`` makes one row per file:
+            ``path`` (relative to the source root), ``bytes`` and, with ``label``, ``label``.
         shard_size: the most Arrow bytes per shard (shards stay a little under it).
         compression: None, ``"lz4"`` or ``"zstd"`` (Arrow IPC buffer compression).
         transform: ``RecordBatch -> RecordBatch``, one output row per input row; its id is
@@ -175,7 +177,9 @@ def run_prefetch(
         raise ConfigError(f"workers={workers!r} must be an integer >= 1 (writer threads)")
     inflight = max(8 * size, MIN_INFLIGHT) if max_inflight is None else parse_size(max_inflight, name="max_inflight")
     load_order([], order=order, seed=seed, world_size=world_size)  # validates order, seed and world_size
-    options = {"label": True} if label else {}
+    options: dict[str, Any] = {"label": True} if label else {}
+    if isinstance(format, str) and format.lower() == "tsv":  # csv, tab-separated, whatever the extensions
+        format, options = "csv", {**options, "delimiter": "\t"}
 
     store, owned = _open_cache(cache)
     try:
