@@ -40,13 +40,13 @@ def what_changed(fs: pafs.FileSystem, path: str, *, size: int, mtime_ns: int) ->
         return f"cannot be checked ({' '.join(str(exc).split())[:200]})"
     if info.type != pafs.FileType.File:
         return "is gone"
-    now = (int(info.size or 0), int(info.mtime_ns or 0))
-    if now == (size, mtime_ns):
-        return None
-    return (
-        f"was rewritten (size {size} -> {now[0]} bytes, mtime {_when(mtime_ns)} -> {_when(now[1])})"
-        if now[0] != size or now[1] else f"was rewritten (size {size} -> {now[0]} bytes)"
-    )
+    now_size, now_mtime = int(info.size or 0), int(info.mtime_ns or 0)
+    changes = []
+    if now_size != size:
+        changes.append(f"size {size} -> {now_size} bytes")
+    if now_mtime != mtime_ns:
+        changes.append(f"mtime {_when(mtime_ns)} -> {_when(now_mtime)}")
+    return f"was rewritten ({', '.join(changes)})" if changes else None
 
 
 def changed_files(fs: pafs.FileSystem, manifest: Manifest, uris: Iterable[str]) -> list[tuple[str, str]]:
@@ -76,6 +76,7 @@ def changed_error(
     more = f" (and {len(changes) - 3} more file(s))" if len(changes) > 3 else ""
     where = f"shard {shard} of " if shard is not None else ""
     return SourceError(
-        f"{where}{dataset!r} version {version}: the source changed since it was listed: {listed}{more}; {fix}",
+        f"{where}{dataset!r} version {version}: the source changed since the prefetch listed it: {listed}{more}; "
+        f"{fix}",
         uri=uri, dataset=dataset, version=version, shard=shard,
     )

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from shardcache.cache import ShardCache, ShardInfo
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import SourceError
-from shardcache.prefetcher import read_source_shard
+from shardcache.prefetcher import prefetch, read_source_shard
 
-from .conftest import make_table
+from .conftest import make_table, unique_name
 from .test_read_through import shard_keys
 
 FOREIGN = 1_000_000  # ids of the rewritten file start here; the dataset's are below
@@ -90,3 +92,29 @@ def test_a_loading_version_checks_the_files_it_reads_through(make_dataset, cache
     assert [i for i in delivered if i >= FOREIGN] == []
     assert error.uri == str(path)
     assert "was rewritten" in str(error)
+
+
+def test_a_same_size_rewrite_with_the_old_mtime_is_caught_by_the_checksum(cache: ShardCache, tmp_path: Path) -> None:
+    """Size and mtime cannot see this rewrite (other ids, plain encoding: the same size; the mtime
+    put back): the checksum of the rebuilt shard does."""
+    name = unique_name("same-size")
+    path = tmp_path / "part-0.parquet"
+    plain = {"compression": "NONE", "use_dictionary": False, "write_statistics": False, "row_group_size": 97}
+    table = make_table(200)
+    pq.write_table(table, path, **plain)
+    manifest = prefetch(str(tmp_path), dataset=name, cache=cache, shard_size="6KiB")
+    try:
+        before = path.stat()
+        foreign = pa.array(np.arange(FOREIGN, FOREIGN + 200, dtype=np.int64))
+        pq.write_table(table.set_column(0, "id", foreign), path, **plain)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert path.stat().st_size == before.st_size
+        cache.client.delete(*shard_keys(cache, manifest, 0))
+        delivered, error = read_until_error(CachedDataLoader(name, cache=cache, batch_size=32, shuffle=False))
+        assert isinstance(error, SourceError)
+        assert [i for i in delivered if i >= FOREIGN] == []
+        assert "does not match the checksum" in str(error)
+        assert error.uri == str(path)
+        assert error.shard == 0
+    finally:
+        cache.delete(name, force=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 from collections.abc import Iterator
@@ -51,9 +52,9 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     return client
 
 
-def _put_parquet(client, key: str, start: int, rows: int) -> None:
+def _put_parquet(client, key: str, start: int, rows: int, *, row_group_size: int = 100) -> None:
     buf = io.BytesIO()
-    pq.write_table(image_table(start, rows), buf, row_group_size=100)
+    pq.write_table(image_table(start, rows), buf, row_group_size=row_group_size)
     client.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
 
 
@@ -136,3 +137,28 @@ def test_cli_with_an_http_endpoint(s3, s3_endpoint: str, redis_url: str, dataset
                                       redis_url, "--endpoint-override", f"http://{s3_endpoint}", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rows"] == 50
+
+
+def test_an_object_rewritten_after_the_prefetch_is_never_read_through(
+    s3, s3_endpoint: str, cache: ShardCache, dataset_name: str
+) -> None:
+    """Issue 16, items 1 and 2 on S3: the manifest records each object's size and mtime; a rebuilt
+    shard of a rewritten object fails its checksum, or (no checksum yet) the object's identity."""
+    for k in range(2):
+        _put_parquet(s3, f"rw/part-{k}.parquet", k * 300, 300)
+    m = prefetch(f"s3://{BUCKET}/rw/", dataset=dataset_name, cache=cache, shard_size="32KiB",
+                 endpoint_override=s3_endpoint, scheme="http")
+    assert [f.uri for f in m.files] == [f"s3://{BUCKET}/rw/part-0.parquet", f"s3://{BUCKET}/rw/part-1.parquet"]
+    assert all(f.size > 0 and f.mtime_ns > 0 for f in m.files)
+    _put_parquet(s3, "rw/part-0.parquet", 90_000, 300)  # same key and row count, other ids
+    with pytest.raises(SourceError, match=r"part-0\.parquet") as info:
+        read_source_shard(m, 0)
+    assert (info.value.dataset, info.value.shard) == (dataset_name, 0)
+    # A loading version has no checksums yet: the object's size and mtime (S3's LastModified, to the
+    # second) are compared. The rewrite below changes the size, so it is seen even within one second.
+    loading = m.replace(state="loading", shards=tuple(
+        dataclasses.replace(s, checksum="", nbytes=0, chunks=0, cached=False) for s in m.shards))
+    _put_parquet(s3, "rw/part-1.parquet", 95_000, 300, row_group_size=50)
+    with pytest.raises(SourceError, match=r"part-1\.parquet was rewritten") as info:
+        read_source_shard(loading, loading.num_shards - 1)
+    assert info.value.uri == f"s3://{BUCKET}/rw/part-1.parquet"

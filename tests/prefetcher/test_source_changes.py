@@ -66,7 +66,7 @@ def test_a_file_replaced_after_it_was_read_is_caught_before_the_commit(
             pq.write_table(image_table(NEW, 1000), path, row_group_size=150)
             replaced.append(p.shards_done)
 
-    with pytest.raises(SourceError, match="changed since it was listed") as info:
+    with pytest.raises(SourceError, match="changed since the prefetch listed it") as info:
         run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="16KiB", progress=progress,
                      workers=1)
     assert replaced
