@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -237,13 +238,19 @@ def ls_(redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secr
             table.append((_quoted(r["dataset"]), r["version"], r["state"], f"{r['cached']}/{r['shards']}",
                           str(r["rows"]), format_bytes(r["bytes"]), str(r["versions"])))
     if len(table) > 1:
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        widths = [max(_width(row[i]) for row in table) for i in range(len(table[0]))]
         right = {3, 4, 5, 6}  # numbers line up on their last digit
         for row in table:
-            cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+            pads = [" " * (w - _width(c)) for c, w in zip(row, widths, strict=True)]
+            cells = [pad + c if i in right else c + pad for i, (c, pad) in enumerate(zip(row, pads, strict=True))]
             click.echo("  ".join(cells).rstrip())
     for line in errors:
         click.echo(line)
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _quoted(name: str) -> str:

@@ -141,7 +141,7 @@ def test_ls_aligns_its_columns_and_quotes_names_with_spaces_or_invisible_charact
     """Issue 16, item 8: names written by older versions (bidi overrides were accepted) show escaped."""
     tag = uuid.uuid4().hex[:8]
     names = {f"cli-{tag}": f"cli-{tag}", f"cli {tag} spaced": f"'cli {tag} spaced'",
-             f"cli-{tag}\u202egnp.exe": f"'cli-{tag}\\u202egnp.exe'"}
+             f"cli-{tag}\u202egnp.exe": f"'cli-{tag}\\u202egnp.exe'", f"cli-{tag}-数据": f"cli-{tag}-数据"}
     with connect(redis_url) as cache:
         for name in names:
             put_dataset(cache, name)
@@ -153,9 +153,11 @@ def test_ls_aligns_its_columns_and_quotes_names_with_spaces_or_invisible_charact
         mine = {shown: next(line for line in lines if line.startswith(shown + " ")) for shown in names.values()}
         column = header.index("VERSION")
         for shown, line in mine.items():
-            assert line[column:].split()[:3] == ["v1", "complete", "3/3"], line
-            assert line[:column].rstrip() == shown
-        assert len({len(line) for line in mine.values()}) == 1, "right-aligned numbers end in one column"
+            wide = sum(1 for c in shown if "\u4e00" <= c <= "\u9fff")
+            assert line[column - wide:].split()[:3] == ["v1", "complete", "3/3"], line
+            assert line[:column - wide].rstrip() == shown
+        widths = {len(line) + sum(1 for c in line if "\u4e00" <= c <= "\u9fff") for line in mine.values()}
+        assert len(widths) == 1, "right-aligned numbers end in one column (CJK characters take two)"
     finally:
         with connect(redis_url) as cache:
             for name in names:
