@@ -156,7 +156,8 @@ def run_prefetch(
     Returns the :class:`PrefetchReport`: state ``complete``, or ``loading`` with
     ``report.failed`` listing each failed shard's source file and reason. Re-running
     resumes: only shards not in Redis are loaded. Raises :class:`SourceError` (naming the
-    file) for a missing, empty, inconsistent or unreadable source, :class:`CapacityExceeded`
+    file) for a missing, empty, inconsistent or unreadable source, or a file changed since it was
+    listed (checked when first read and before the commit; nothing is committed), :class:`CapacityExceeded`
     when the data does not fit (before anything is written, or when Redis runs out of
     memory midway: then run again once memory is freed), :class:`DatasetLocked`,
     :class:`ConfigError`.
