@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from shardcache.cache import KeySpace, Manifest, ShardInfo, SourceSegment, SourceSpec, decode_payload, encode_table
 from shardcache.cache.codec import _without_utf8
-from shardcache.cache.manifest import MAX_CHUNKS_PER_SHARD, apply_shard_record
+from shardcache.cache.manifest import MAX_CHUNKS_PER_SHARD, FileIdentity, apply_shard_record
 from shardcache.errors import ConfigError, ManifestCorrupted, ShardCorrupted
 
 # SHARDCACHE_FUZZ_EXAMPLES=5000 for a long hunt; CI keeps it short.
@@ -54,6 +54,7 @@ def valid_manifest(*, cached: bool = True) -> Manifest:
     return Manifest(
         name="ds", version="v1", schema=TABLE.schema, shards=shards, state="complete", compression="lz4",
         transform_id="t@1", source=SourceSpec(uri="s3://b/", format="parquet", columns=("x", "s")),
+        files=(FileIdentity(uri="s3://b/f.parquet", size=123_456, mtime_ns=1_700_000_000_000_000_000),),
     )
 
 
@@ -78,6 +79,12 @@ def test_valid_manifest_round_trips() -> None:
     assert Manifest.from_json(m.to_json(), expected_name="ds", expected_version="v1") == m
     loading = valid_manifest(cached=False)
     assert Manifest.from_json(loading.to_json()) == loading
+
+
+def test_a_manifest_written_before_file_identities_reads_without_them() -> None:
+    older = {k: v for k, v in VALID_DOC.items() if k != "files"}
+    assert Manifest.from_json(json.dumps(older)).files == ()
+    assert b'"files"' not in valid_manifest().replace(files=()).to_json(), "no field when nothing is known"
 
 
 @FUZZ
@@ -150,6 +157,10 @@ def test_manifest_with_a_damaged_schema(noise: bytes, at: int) -> None:
         json.dumps(dict(VALID_DOC, name="a\x00b")),
         json.dumps(dict(VALID_DOC, version="../v1")),
         json.dumps(dict(VALID_DOC, format=2)),
+        json.dumps(dict(VALID_DOC, files={"s3://b/f.parquet": [1, 2]})),
+        json.dumps(dict(VALID_DOC, files=[["s3://b/f.parquet", -1, 0]])),
+        json.dumps(dict(VALID_DOC, files=[["s3://b/f.parquet", 1]])),
+        json.dumps(dict(VALID_DOC, files=[[7, 1, 2]])),
         b"\xff\xfe{}",
     ],
 )
