@@ -66,6 +66,7 @@ def _in_cli_words(message: str, command: click.Command | None) -> str:
     for name, flag in flags.items():
         # "pass format= (--format)" and "pass allow_partial (--allow-partial)": the flag alone.
         message = re.sub(rf"(?<![\w-]){name}=? \({re.escape(flag)}\)", flag, message)
+        message = re.sub(rf"(?<![\w.-]){name}=True\b", flag, message)  # a flag given: "--label applies..."
         message = re.sub(rf"(?<![\w.-]){name}=(?=\S)", f"{flag} ", message)
     return message
 

@@ -24,8 +24,9 @@ from ..errors import ConfigError
 __all__ = ["KeySpace", "check_dataset_name", "validate_dataset_name", "validate_version"]
 
 MAX_NAME_LENGTH = 200
-# A shard key (prefix, name, version, index) must stay under the 1024 characters a manifest allows
-# per key: 600 keeps every ASCII name of 200 characters, even one of symbols (3 each encoded).
+MAX_KEY_LENGTH = 1024  # the longest shard key a manifest may record
+# A shard key (prefix, name, version, index) must stay within MAX_KEY_LENGTH: 600 keeps every ASCII
+# name of 200 characters, even one of symbols (3 each encoded), with room for the longest prefix and version.
 MAX_ENCODED_NAME_LENGTH = 600
 # Control, format (bidi overrides, zero-width), line/paragraph separator and surrogate characters:
 # invisible or reordering in a terminal, so `ls` would show one name as another.
@@ -128,7 +129,13 @@ class KeySpace:
         return f"{self._meta(name)}:leases"
 
     def shard(self, name: str, version: str, index: int) -> str:
-        return f"{self.prefix}s:{self.encode(name)}:{validate_version(version)}:{int(index)}"
+        key = f"{self.prefix}s:{self.encode(name)}:{validate_version(version)}:{int(index)}"
+        if len(key) > MAX_KEY_LENGTH:  # a manifest recording it could never be read back
+            raise ConfigError(
+                f"dataset={_shown(name)} makes shard keys of {len(key)} characters, over {MAX_KEY_LENGTH}; "
+                "use a shorter name"
+            )
+        return key
 
     @staticmethod
     def chunk(shard_key: str, chunk: int) -> str:

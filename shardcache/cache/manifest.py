@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from ..errors import ManifestCorrupted
-from .keys import validate_dataset_name, validate_version
+from .keys import MAX_KEY_LENGTH, validate_dataset_name, validate_version
 
 __all__ = ["FileIdentity", "Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "State"]
 
@@ -405,7 +405,7 @@ def _shard_from_dict(position: int, doc: Any) -> ShardInfo:
             raise ValueError(f"shards[{position}].chunks={chunks} is over {MAX_CHUNKS_PER_SHARD}")
     return ShardInfo(
         index=index,
-        key=_str(doc["key"], "key", max_len=1024),
+        key=_str(doc["key"], "key", max_len=MAX_KEY_LENGTH),
         rows=rows,
         source=tuple(segments),
         nbytes=nbytes,

@@ -94,6 +94,7 @@ def test_prefetch_help_describes_every_option_with_its_default() -> None:
         (("--dataset", "x\u202ey"), "--dataset 'x\\u202ey' contains U+202E", ("dataset=",)),
         (("--dataset", "数" * 115), "--dataset '数", ("dataset=",)),
         (("--columns", "id,id"), "--columns ['id', 'id'] names a column twice", ("columns=",)),
+        (("--label",), "--label applies to --format 'files' only", ("label=", "format=")),
     ],
 )
 def test_user_errors_name_the_flags(
