@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shardcache.cache import ShardCache
+from shardcache.cache import KeySpace, ShardCache
+from shardcache.cache.keys import MAX_KEY_LENGTH, check_dataset_name
 from shardcache.dataloader import CachedDataLoader, CachedDataset
 from shardcache.errors import ConfigError
 from shardcache.prefetcher import prefetch
@@ -54,3 +58,18 @@ def test_names_at_the_limit_prefetch_and_read_back(cache: ShardCache, tmp_path: 
         assert ids == list(range(50))
     finally:
         cache.delete(name, force=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200))
+def test_every_accepted_name_makes_keys_a_manifest_can_hold(name: str) -> None:
+    """With the longest prefix, version and index, an accepted name's shard key fits; a refused
+    name's error never prints an invisible character raw."""
+    try:
+        check_dataset_name(name)
+    except ConfigError as exc:
+        refusal = str(exc)
+    else:
+        assert len(KeySpace("p" * 64).shard(name, "v" * 64, 10**9)) <= MAX_KEY_LENGTH
+        return
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs") for c in refusal)
