@@ -75,7 +75,7 @@ def test_len_after_an_elastic_resume_covers_the_framework_counter(
 
 def test_a_dataloader_with_a_batch_size_is_refused(framework_dataset: Manifest, redis_url: str):
     ds = CachedDataset(framework_dataset.name, cache=redis_url, batch_size=16, columns=["id"])
-    with pytest.raises(ConfigError, match="whole batches.*batch_size=None"):
+    with pytest.raises(ConfigError, match=r"whole batches.*batch_size=None"):
         next(iter(DataLoader(ds, batch_size=4)))
     # batch_size=None takes its batches as they are: the whole epoch once.
     check_epoch([ids(DataLoader(ds, batch_size=None))], padding=0, what="plain DataLoader")
@@ -99,7 +99,7 @@ def test_accelerate_skip_first_batches_is_refused_with_the_fix(framework_dataset
     from accelerate import skip_first_batches
 
     skipped = skip_first_batches(make(framework_dataset, redis_url), num_batches=3)
-    with pytest.raises(ConfigError, match="skip_first_batches.*CachedLoaderCallback"):
+    with pytest.raises(ConfigError, match=r"skip_first_batches.*CachedLoaderCallback"):
         next(iter(skipped))
 
 
@@ -110,7 +110,7 @@ def test_iterable_dataset_shard_is_refused(framework_dataset: Manifest, redis_ur
     shard_class = importlib.import_module(module).IterableDatasetShard
     ds = CachedDataset(framework_dataset.name, cache=redis_url, batch_size=16, columns=["id"])
     shard = shard_class(ds, batch_size=16, num_processes=2, process_index=0)
-    with pytest.raises(ConfigError, match="IterableDatasetShard.*CachedDataLoader itself"):
+    with pytest.raises(ConfigError, match=r"IterableDatasetShard.*CachedDataLoader itself"):
         next(iter(shard))
 
 
