@@ -18,7 +18,8 @@ same arithmetic Trainer uses. The order depends on ``(seed, epoch)`` only, so th
 exactly the batches not yet trained on. Trainer then calls ``set_epoch`` itself every epoch.
 
 Resume on the same number of processes, batch size and ``gradient_accumulation_steps``: Trainer's step
-counts per epoch come from ``len(loader)``, which another layout changes.
+counts per epoch come from ``len(loader)``, which another layout changes. With gradient accumulation,
+``len(loader)`` must be a multiple of ``gradient_accumulation_steps`` (checked when training starts).
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ class CachedLoaderCallback(TrainerCallback):
                 f"CachedLoaderCallback found train_dataloader={type(loader).__name__}: return the "
                 "CachedDataLoader itself from Trainer.get_train_dataloader"
             )
-        if not state.global_step:
-            return  # a fresh run
         accumulation = args.gradient_accumulation_steps
         batches = len(loader)
+        if accumulation > 1 and batches % accumulation:
+            # Trainer counts a resumed epoch's steps from 0 when it skips nothing, so the epoch's last, short
+            # accumulation would never step: its global_step, and every later resume, would be off by one.
+            raise ConfigError(
+                f"len(loader)={batches} is not a multiple of gradient_accumulation_steps={accumulation}: "
+                "CachedLoaderCallback resumes mid-epoch exactly only when it is; choose the batch size, "
+                "drop_last=True or the accumulation so that it divides the epoch"
+            )
+        if not state.global_step:
+            return  # a fresh run
         steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)  # as Trainer
         epoch, steps = divmod(state.global_step, steps_per_epoch)
         loader.set_epoch(epoch)

@@ -64,3 +64,27 @@ def test_the_callback_needs_ignore_data_skip(tmp_path: Path):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     with pytest.raises(ConfigError, match="ignore_data_skip=True"):
         Trainer(model=torch.nn.Linear(1, 1), args=args, callbacks=[CachedLoaderCallback()])
+
+
+def test_the_callback_refuses_an_epoch_that_accumulation_does_not_divide(
+    framework_dataset: Manifest, redis_url: str, tmp_path: Path
+):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from shardcache.dataloader import CachedDataLoader
+    from shardcache.dataloader.hf import CachedLoaderCallback
+
+    loader = CachedDataLoader(framework_dataset.name, cache=redis_url, batch_size=16, columns=["id"])
+    assert len(loader) % 2 == 1
+
+    class CachedTrainer(Trainer):
+        def get_train_dataloader(self) -> CachedDataLoader:  # type: ignore[override]
+            return loader
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", ignore_data_skip=True, gradient_accumulation_steps=2
+    )
+    trainer = CachedTrainer(model=torch.nn.Linear(1, 1), args=args, callbacks=[CachedLoaderCallback()])
+    with pytest.raises(ConfigError, match="not a multiple of gradient_accumulation_steps=2"):
+        trainer.train()
