@@ -331,6 +331,9 @@ class CachedDataset(IterableDataset[Any]):
         for wrappers that would deliver wrong data. Looked up by name, so that neither torch's private
         fetcher nor transformers/accelerate need importing."""
         caller = frame.f_locals.get("self") if frame is not None else None
+        while caller is self and frame is not None:  # a subclass's __iter__ that calls this one
+            frame = frame.f_back
+            caller = frame.f_locals.get("self") if frame is not None else None
         kind = type(caller).__name__
         if kind == "IterableDatasetShard":
             raise ConfigError(

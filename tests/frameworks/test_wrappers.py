@@ -90,9 +90,17 @@ def test_a_dataloader_with_a_batch_size_is_refused_in_workers(framework_dataset:
     check_epoch([ids(DataLoader(ds, batch_size=None, num_workers=2))], padding=0, what="plain DataLoader, workers")
     loader = CachedDataLoader(ds, batch_size=16, num_workers=2)
     assert len(ids(loader)) == len(loader)
+    # A subclass that wraps __iter__ is still its loader's dataset.
+    sub = _Wrapped(framework_dataset.name, cache=redis_url, columns=["id"])
+    check_epoch([ids(CachedDataLoader(sub, batch_size=16, num_workers=2))], padding=0, what="subclass, workers")
     # Now the dataset feeds that loader: another DataLoader's workers would read the loader's plan.
     with pytest.raises(ConfigError, match="iterate that CachedDataLoader"):
         next(iter(DataLoader(ds, batch_size=None, num_workers=2)))
+
+
+class _Wrapped(CachedDataset):
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield from super().__iter__()
 
 
 def test_accelerate_skip_first_batches_is_refused_with_the_fix(framework_dataset: Manifest, redis_url: str):
