@@ -215,10 +215,9 @@ class CachedDataLoader(DataLoader):
         return _Run(spec, num_batches)
 
     def __len__(self) -> int:
-        """The whole epoch's batches on this rank, also after ``load_state_dict`` (see the module docstring).
+        """The whole epoch's batches on this rank, also after ``load_state_dict`` (the rule: module docstring).
 
-        The next iteration yields ``len(loader) - delivered`` of them when a loaded state resumes mid-epoch:
-        ``remaining()`` says how many."""
+        After a mid-epoch ``load_state_dict`` the next iteration yields fewer: ``remaining()`` says how many."""
         run = self._next_run()
         if not self._history:
             return run.num_batches

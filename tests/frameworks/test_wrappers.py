@@ -27,7 +27,7 @@ def make(manifest: Manifest, url: str, **options: object) -> CachedDataLoader:
 
 
 def test_set_epoch_on_the_sampler_or_the_dataset_reaches_the_loader(framework_dataset: Manifest, redis_url: str):
-    from lightning.fabric.utilities.data import _set_sampler_epoch
+    _set_sampler_epoch = pytest.importorskip("lightning.fabric.utilities.data")._set_sampler_epoch
 
     reference = make(framework_dataset, redis_url)
     reference.set_epoch(5)
@@ -104,7 +104,7 @@ class _Wrapped(CachedDataset):
 
 
 def test_accelerate_skip_first_batches_is_refused_with_the_fix(framework_dataset: Manifest, redis_url: str):
-    from accelerate import skip_first_batches
+    skip_first_batches = pytest.importorskip("accelerate").skip_first_batches
 
     skipped = skip_first_batches(make(framework_dataset, redis_url), num_batches=3)
     with pytest.raises(ConfigError, match=r"skip_first_batches.*CachedLoaderCallback"):
@@ -113,9 +113,7 @@ def test_accelerate_skip_first_batches_is_refused_with_the_fix(framework_dataset
 
 @pytest.mark.parametrize("module", ["transformers.trainer_pt_utils", "accelerate.data_loader"])
 def test_iterable_dataset_shard_is_refused(framework_dataset: Manifest, redis_url: str, module: str):
-    import importlib
-
-    shard_class = importlib.import_module(module).IterableDatasetShard
+    shard_class = pytest.importorskip(module).IterableDatasetShard
     ds = CachedDataset(framework_dataset.name, cache=redis_url, batch_size=16, columns=["id"])
     shard = shard_class(ds, batch_size=16, num_processes=2, process_index=0)
     with pytest.raises(ConfigError, match=r"IterableDatasetShard.*CachedDataLoader itself"):
@@ -123,7 +121,7 @@ def test_iterable_dataset_shard_is_refused(framework_dataset: Manifest, redis_ur
 
 
 def test_torchdata_stateful_dataloader_takes_the_batches_as_they_are(framework_dataset: Manifest, redis_url: str):
-    from torchdata.stateful_dataloader import StatefulDataLoader
+    StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader  # noqa: N806
 
     ds = CachedDataset(framework_dataset.name, cache=redis_url, batch_size=16, columns=["id"])
     loader = StatefulDataLoader(ds, batch_size=None)
