@@ -70,3 +70,11 @@ def test_import_stays_light() -> None:
     code = "import sys, shardcache, shardcache.cache; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_framework_helpers_are_pinned() -> None:
+    # Optional (the frameworks extra): a module of its own, so that importing shardcache never needs it.
+    pytest.importorskip("transformers")
+    import shardcache.dataloader.hf
+
+    assert shardcache.dataloader.hf.__all__ == ["CachedLoaderCallback"]

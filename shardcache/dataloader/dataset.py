@@ -7,11 +7,17 @@
 Usually wrapped in :class:`~shardcache.dataloader.CachedDataLoader`, which adds workers in plan order,
 ``state_dict`` and stats. On its own (or in a plain ``DataLoader(ds, batch_size=None)``) it yields the
 same batches; with workers a plain DataLoader interleaves them in another order.
+
+Wrappers that would deliver wrong data raise :class:`~shardcache.errors.ConfigError` instead (see
+``_check_caller``): a DataLoader with a batch size (its items are whole batches already; this is also
+what accelerate's ``skip_first_batches`` builds), ``IterableDatasetShard`` (its batches are already
+split across ranks), and a foreign DataLoader's workers reading a dataset that feeds a CachedDataLoader.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -149,7 +155,17 @@ class CachedDataset(IterableDataset[Any]):
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` next (another order of the same samples)."""
+        """Read epoch ``epoch`` next (another order of the same samples). A dataset that feeds a
+        CachedDataLoader passes this on to the loader (frameworks call ``loader.dataset.set_epoch``)."""
+        epoch = check_int("epoch", epoch, minimum=0, fix="pass an integer >= 0")
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            owner.set_epoch(epoch)  # it comes back through apply_epoch
+        else:
+            self.apply_epoch(epoch)
+
+    def apply_epoch(self, epoch: int) -> None:
+        """Set the epoch here only (the loader's side of ``set_epoch``)."""
         self._epoch = check_int("epoch", epoch, minimum=0, fix="pass an integer >= 0")
         if self.batch_size is not None and self._owner is None:  # a loader publishes its own spec
             self._shared.publish(self.spec())
@@ -293,6 +309,7 @@ class CachedDataset(IterableDataset[Any]):
             self._shared.publish(spec)
 
     def __iter__(self) -> Iterator[Any]:
+        ours = self._check_caller(sys._getframe(1))
         info = get_worker_info()
         if info is None:
             spec = self._active if self._active is not None else self.spec()
@@ -303,7 +320,47 @@ class CachedDataset(IterableDataset[Any]):
                 f"dataset {self.name!r} has no batch size: wrap it in CachedDataLoader(ds, batch_size=...) "
                 "or pass batch_size= to CachedDataset"
             )
+        if shared.tagged and not ours:
+            raise ConfigError(
+                f"a DataLoader other than its CachedDataLoader reads dataset {self.name!r} in workers, but the "
+                "dataset feeds a CachedDataLoader, whose workers it serves: iterate that CachedDataLoader, or "
+                "build another CachedDataset (with batch_size=) for this DataLoader and pass batch_size=None to it"
+            )
         return iterate_batches(self, shared, worker=info.id, num_workers=info.num_workers)
+
+    def _check_caller(self, frame: Any) -> bool:
+        """Whether ``frame`` (the caller of ``__iter__``) is a CachedDataLoader's fetcher; raises ConfigError
+        for wrappers that would deliver wrong data. Looked up by name, so that neither torch's private
+        fetcher nor transformers/accelerate need importing."""
+        caller = frame.f_locals.get("self") if frame is not None else None
+        while caller is self and frame is not None:  # a subclass's __iter__ that calls this one
+            frame = frame.f_back
+            caller = frame.f_locals.get("self") if frame is not None else None
+        kind = type(caller).__name__
+        if kind == "IterableDatasetShard":
+            raise ConfigError(
+                f"IterableDatasetShard wraps dataset {self.name!r}, whose batches are already split across ranks "
+                "(it would drop or repeat samples): give the framework the CachedDataLoader itself (e.g. return it "
+                "from Trainer.get_train_dataloader) instead of the dataset"
+            )
+        if kind != "_IterableDatasetFetcher":
+            return False  # iterated directly, or by a wrapper that takes its batches as they are
+        collate = getattr(caller, "collate_fn", None)
+        ours = getattr(collate, "feeds_cached_loader", False) is True
+        if getattr(caller, "auto_collation", False):
+            rebuilt = (
+                "a DataLoader rebuilt from a CachedDataLoader's attributes (e.g. accelerate's skip_first_batches, "
+                "which transformers.Trainer calls to resume: use shardcache.dataloader.hf.CachedLoaderCallback "
+                "with TrainingArguments(ignore_data_skip=True))"
+                if ours
+                else "a DataLoader with a batch size"
+            )
+            raise ConfigError(
+                f"{rebuilt} iterates dataset {self.name!r}, whose items are whole batches (it would deliver "
+                "batches of batches): iterate a CachedDataLoader(ds, batch_size=...), or pass batch_size=None "
+                "to the DataLoader"
+            )
+        return ours
 
 
 def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | None]:

@@ -11,6 +11,19 @@ Batches are built whole inside the workers (the DataLoader runs with automatic b
 worker builds one shuffle window's worth of consecutive batches at a time, and the main process puts
 them back in plan order: the order depends on ``(seed, epoch)`` only, never on the number of workers.
 The main process counts what it delivered, so ``state_dict()`` can be taken after any batch.
+
+With frameworks (Lightning, Accelerate, transformers.Trainer, torchdata), two rules make it a drop-in:
+
+* ``set_epoch`` reaches the loader from wherever a framework calls it: ``loader.set_epoch``,
+  ``loader.sampler.set_epoch`` (see ``sampler.py``) and ``loader.dataset.set_epoch`` all set the epoch
+  of the next iteration, so each epoch has a new order without user code.
+* ``len(loader)`` is the whole epoch's batch count on this rank, as torchdata's ``StatefulDataLoader``
+  reports it, also right after ``load_state_dict``: a framework restores its own batch counter ``k``,
+  iterates what is left, and stops at ``len``. After a resume on the same layout that is the epoch's
+  batch count; after an elastic re-plan it is the batches delivered per rank before (each finished
+  layout counts its ranks' largest count) plus the batches each new rank has left, and never less than
+  a whole epoch of the new layout (a framework that reads ``len`` once then still reads later epochs
+  whole; in the resumed epoch the loader simply ends early).
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,6 +47,7 @@ from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
 from .device import DevicePrefetcher
 from .plan import PlanSegment, resume_point
+from .sampler import EpochSampler
 from .slots import POOL_SLOTS, forget, forget_gone
 from .spec import IterSpec
 from .state import LoaderState, merge_rank_states, rows_digest
@@ -59,6 +74,9 @@ class _Run(NamedTuple):
 
 class _Collate:
     """Applies the user's ``collate_fn`` to the batch inside a TaggedBatch, in the worker."""
+
+    # How CachedDataset tells its loader's fetchers from a foreign DataLoader's (dataset.py, _check_caller).
+    feeds_cached_loader = True
 
     def __init__(self, fn: Callable[[Any], Any] | None) -> None:
         self.fn = fn
@@ -140,6 +158,8 @@ class CachedDataLoader(DataLoader):
         # DataLoader freezes these after __init__; report the real values rather than None/False.
         object.__setattr__(self, "batch_size", batch_size)
         object.__setattr__(self, "drop_last", drop_last)
+        # Frameworks call set_epoch on loader.sampler: this one forwards it here (see sampler.py).
+        object.__setattr__(self, "sampler", EpochSampler(self))
         self.device = None if device is None else torch.device(device)
         self._epoch = dataset.epoch
         self._history: tuple[PlanSegment, ...] = ()
@@ -159,11 +179,14 @@ class CachedDataLoader(DataLoader):
     # -- epochs and length ---------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` next. The same epoch keeps a position loaded by ``load_state_dict``."""
+        """Read epoch ``epoch`` next. The same epoch keeps a position loaded by ``load_state_dict``.
+
+        ``loader.sampler.set_epoch`` and ``loader.dataset.set_epoch`` come here too, so frameworks that
+        call those (Lightning, Accelerate, transformers.Trainer) reshuffle every epoch."""
         epoch = check_int("epoch", epoch, minimum=0, fix="pass an integer >= 0")
         if epoch != self._epoch:
             self._epoch, self._history, self._window, self._resume, self._consumed = epoch, (), None, None, 0
-        self.cached_dataset.set_epoch(epoch)
+        self.cached_dataset.apply_epoch(epoch)
 
     @property
     def epoch(self) -> int:
@@ -194,7 +217,18 @@ class CachedDataLoader(DataLoader):
         return _Run(spec, num_batches)
 
     def __len__(self) -> int:
-        """Batches the next iteration yields on this rank (all of the epoch, or what a resume left)."""
+        """The whole epoch's batches on this rank, also after ``load_state_dict`` (the rule: module docstring).
+
+        After a mid-epoch ``load_state_dict`` the next iteration yields fewer: ``remaining()`` says how many."""
+        run = self._next_run()
+        if not self._history:
+            return run.num_batches
+        delivered = sum(max(segment.consumed) for segment in self._history)
+        whole = self.cached_dataset.plan(dataclasses.replace(run.spec, history=(), start=0)).num_batches
+        return max(delivered + run.num_batches, whole)
+
+    def remaining(self) -> int:
+        """Batches the next iteration yields on this rank: all of the epoch, or what a loaded state left."""
         run = self._next_run()
         return run.num_batches - run.spec.start
 
@@ -309,6 +343,7 @@ class CachedDataLoader(DataLoader):
         """Resume where ``state`` stopped: on the same layout each rank continues its own batches; on another
         world size, batch size or drop_last, the samples not yet delivered in that epoch are re-planned
         across the new ranks, exactly once and with equal batch counts."""
+        before = len(self)
         identity = self._identity()
         if isinstance(state, (list, tuple)):
             parsed = merge_rank_states([LoaderState.from_dict(s, identity=identity) for s in state])
@@ -356,4 +391,30 @@ class CachedDataLoader(DataLoader):
         self._epoch, self._history, self._window, self._resume, self._consumed = (
             parsed.epoch, history, parsed.window, start, start,
         )  # fmt: skip
-        ds.set_epoch(parsed.epoch)
+        ds.apply_epoch(parsed.epoch)
+        _widen_lightning_limit(sys._getframe(1), self, before)
+
+
+def _widen_lightning_limit(frame: Any, loader: CachedDataLoader, before: int) -> None:
+    """Let Lightning iterate an elastic re-plan whole.
+
+    Lightning reads ``len(loader)`` before it calls ``load_state_dict`` (from ``CombinedLoader._load_state_dicts``,
+    the caller ``frame``) and keeps it as the loader's limit. When a re-plan on more ranks made the resumed
+    epoch longer than that (``len`` grew: the batches delivered before plus those each new rank has left),
+    the limit is raised to the new ``len``, unless the user set a smaller one (``limit_train_batches``).
+    Looked up by name and shape, so that Lightning need not be imported; anything unexpected is left alone.
+    """
+    combined = frame.f_locals.get("self") if frame is not None else None
+    if combined is None or type(combined).__name__ != "CombinedLoader":
+        return
+    limits, flattened = getattr(combined, "limits", None), getattr(combined, "flattened", None)
+    if not isinstance(limits, list) or not isinstance(flattened, list) or len(limits) != len(flattened):
+        return
+    after = len(loader)
+    if after <= before:
+        return
+    pairs = zip(flattened, limits, strict=True)
+    widened = [after if dl is loader and limit == before else limit for dl, limit in pairs]
+    if widened != limits:
+        log.debug("raised Lightning's limit of a resumed CachedDataLoader from %d to %d batches", before, after)
+        combined.limits = widened
