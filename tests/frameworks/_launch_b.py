@@ -73,7 +73,9 @@ def torchrun(
     """Run ``script`` on ``nproc`` local ranks (gloo); fails the test with the output on error or timeout."""
     command = torchrun_command(script, args, nproc=nproc)
     try:
-        done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(
+            command, env=child_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{script} did not finish in {timeout:.0f} s (a hang?):\n{_tail(exc.stdout)}\n{_tail(exc.stderr)}")
     return done
@@ -97,7 +99,10 @@ def assert_exactly_once(ids: Sequence[int], rows: int = ROWS, *, what: str = "th
     counts = Counter(ids)
     missing = sorted(set(range(rows)) - set(counts))
     repeated = sorted(i for i, c in counts.items() if c > 1)
-    assert not missing and not repeated and len(ids) == rows, (
+    summary = (
         f"{what}: {len(ids)} ids delivered, {len(missing)} missing (e.g. {missing[:5]}), "
         f"{len(repeated)} repeated (e.g. {repeated[:5]})"
     )
+    assert not missing, summary
+    assert not repeated, summary
+    assert len(ids) == rows, summary

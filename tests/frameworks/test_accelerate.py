@@ -114,7 +114,8 @@ def test_prepare_returns_the_loader_and_signals_the_end_for_accumulation(
             flags.append([accelerator.sync_gradients, accelerator.gradient_state.end_of_dataloader])
         ids.extend(batch["id"].tolist())
     assert_exactly_once(ids)
-    assert len(flags) == -(-ROWS // BATCH) and len(flags) % ACCUMULATE != 0, "the last accumulation is short"
+    assert len(flags) == -(-ROWS // BATCH)
+    assert len(flags) % ACCUMULATE != 0, "the last accumulation is short"
     check_flags(flags)
     assert not accelerator.gradient_state.in_dataloader
 
