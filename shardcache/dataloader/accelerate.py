@@ -86,8 +86,8 @@ class AccelerateHooks:
     @property
     def _is_accelerate_prepared(self) -> bool:
         # Read by Accelerator.prepare_data_loader before it rebuilds a loader; True makes it keep this one.
-        adopt(self)
-        return True
+        # Any other reader (introspection, no Accelerate in use) gets False and causes nothing.
+        return adopt(self)
 
     @_is_accelerate_prepared.setter
     def _is_accelerate_prepared(self, value: bool) -> None:
@@ -100,10 +100,17 @@ class AccelerateHooks:
         return self._accelerate is not None and self._accelerate.stateful
 
 
-def adopt(loader: Any) -> None:
-    """Check the preparing Accelerator's settings against ``loader`` and link the two (see the module doc)."""
+def adopt(loader: Any) -> bool:
+    """Check the preparing Accelerator's settings against ``loader`` and link the two (see the module doc).
+
+    False, and nothing done, when no Accelerate state exists in this process: Accelerate is not the caller.
+    """
+    if "accelerate" not in sys.modules:
+        return False
     from accelerate.state import DistributedType, PartialState
 
+    if not PartialState._shared_state:
+        return False  # no Accelerator (nor PartialState) was made: making one here would set up torch.distributed
     state = PartialState()
     if state.distributed_type in (DistributedType.XLA, DistributedType.MEGATRON_LM):
         raise ConfigError(
@@ -140,6 +147,7 @@ def adopt(loader: Any) -> None:
         # On CUDA the loader copies the next batch on a side stream (device.py), non_blocking always.
         loader.device = torch.device(state.device)
     loader._accelerate = AccelerateLink(stateful=stateful)
+    return True
 
 
 def _calling_accelerator() -> tuple[Any, bool | None]:
@@ -147,7 +155,7 @@ def _calling_accelerator() -> tuple[Any, bool | None]:
 
     Accelerate passes a loader no settings on its way out (it returns a prepared loader untouched), so
     they are read from its frame; when it cannot be found (another Accelerate version, or another
-    caller), the shared ``PartialState`` defaults apply.
+    caller while an Accelerator exists), the shared ``PartialState`` defaults apply.
     """
     from accelerate import Accelerator
 

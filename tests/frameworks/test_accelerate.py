@@ -145,3 +145,29 @@ def test_device_placement_false_keeps_batches_where_they_are(
     loader = accelerator.prepare(make_loader(ids_dataset, redis_url))
     assert loader.device is None
     assert not loader.use_stateful_dataloader
+
+
+@pytest.mark.parametrize("dispatch_batches", [True, False])
+def test_dispatch_batches_changes_nothing(
+    ids_dataset: str, redis_url: str, fresh_state: None, dispatch_batches: bool
+) -> None:
+    # Accelerate would read the batches on the main process and broadcast them (True), or shard them
+    # again with IterableDatasetShard (False); each process reads its own batches instead.
+    config = accelerate.DataLoaderConfiguration(dispatch_batches=dispatch_batches)
+    accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+    loader = make_loader(ids_dataset, redis_url, num_workers=2)
+    prepared = accelerator.prepare(loader)
+    assert prepared is loader
+    batches = [batch["id"].tolist() for batch in prepared]
+    assert all(len(b) == BATCH for b in batches[:-1])
+    assert_exactly_once(flat(batches))
+
+
+def test_reading_the_hook_without_an_accelerator_does_nothing(ids_dataset: str, redis_url: str) -> None:
+    from accelerate.state import PartialState
+
+    assert not PartialState._shared_state, "no Accelerator is left over from another test"
+    loader = make_loader(ids_dataset, redis_url)
+    assert loader._is_accelerate_prepared is False
+    assert loader._accelerate is None
+    assert not PartialState._shared_state, "no Accelerate state was made"
