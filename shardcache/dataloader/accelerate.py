@@ -23,11 +23,13 @@ and is adopted as it is instead. Adopting it
 
 Settings whose meaning the loader cannot honour raise :class:`ConfigError` naming the setting:
 ``split_batches=True`` (the loader's ``batch_size`` is per process), tensor or context parallelism
-without ``rank=``/``world_size=`` of the data-parallel group, and XLA and Megatron-LM, which wrap
-loaders their own way. ``dispatch_batches`` and ``even_batches`` change nothing: every process reads
-its own batches, and every process gets the same number of them.
+without ``rank=``/``world_size=`` of the data-parallel group, and XLA (TPU loaders go through
+Accelerate's own device loader). ``dispatch_batches`` and ``even_batches`` change nothing: every
+process reads its own batches, and every process gets the same number of them. Megatron-LM is not
+supported: it rebuilds loaders without asking them first, so nothing here runs.
 
-``accelerate`` is imported only when Accelerate itself prepares a loader.
+``accelerate`` is an optional dependency: the hook imports nothing unless the process has imported it,
+and acts only once an Accelerate state exists.
 """
 
 from __future__ import annotations
@@ -112,11 +114,11 @@ def adopt(loader: Any) -> bool:
     if not PartialState._shared_state:
         return False  # no Accelerator (nor PartialState) was made: making one here would set up torch.distributed
     state = PartialState()
-    if state.distributed_type in (DistributedType.XLA, DistributedType.MEGATRON_LM):
+    if state.distributed_type == DistributedType.XLA:
         raise ConfigError(
-            f"Accelerate with distributed_type={state.distributed_type.value} rebuilds data loaders its own way, "
-            "which would shard a CachedDataLoader a second time; iterate the CachedDataLoader without "
-            "accelerator.prepare() and place batches with device=, or use another distributed type"
+            "CachedDataLoader does not support Accelerate on XLA (distributed_type=XLA, whose loaders Accelerate "
+            "wraps in its own device loader): iterate the CachedDataLoader without accelerator.prepare() "
+            "and place batches with device="
         )
     accelerator, device_placement = _calling_accelerator()
     stateful = False
