@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -27,7 +28,7 @@ from shardcache.prefetcher import prefetch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 ROWS = 1000  # even: two ranks split it without padding, so every id is delivered exactly once
-LAUNCH_TIMEOUT_S = 240.0  # two shared cores: a launch of two ranks takes 10-40 s
+LAUNCH_TIMEOUT_S = 120.0  # two shared cores: a launch of two ranks takes 10-40 s; two fit pytest's 300 s
 
 
 def write_ids_source(root: Path, rows: int) -> Path:
@@ -72,13 +73,46 @@ def torchrun(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` on ``nproc`` local ranks (gloo); fails the test with the output on error or timeout."""
     command = torchrun_command(script, args, nproc=nproc)
+    process = subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
-        done = subprocess.run(
-            command, env=child_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{script} did not finish in {timeout:.0f} s (a hang?):\n{_tail(exc.stdout)}\n{_tail(exc.stderr)}")
-    return done
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{script} did not finish in {timeout:.0f} s (a hang?):\n{_tail(stdout)}\n{_tail(stderr)}")
+    finally:
+        kill_tree(process)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (from /proc): torchrun starts each worker in a session of its own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL a launcher and its workers at once (for an elastic agent: a node dying, no clean leave)."""
+    if process.poll() is None:
+        for pid in [process.pid, *descendants(process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=30)
 
 
 def expect_ok(done: subprocess.CompletedProcess[str]) -> None:

@@ -171,3 +171,21 @@ def test_reading_the_hook_without_an_accelerator_does_nothing(ids_dataset: str, 
     assert loader._is_accelerate_prepared is False
     assert loader._accelerate is None
     assert not PartialState._shared_state, "no Accelerate state was made"
+
+
+def test_the_preparing_accelerators_settings_are_read(ids_dataset: str, redis_url: str, fresh_state: None) -> None:
+    config = accelerate.DataLoaderConfiguration(use_stateful_dataloader=True)
+    accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
+    loader = accelerator.prepare(make_loader(ids_dataset, redis_url))
+    assert loader.use_stateful_dataloader, "save_state/load_state then save the loader's state themselves"
+
+
+def test_another_reader_while_an_accelerator_exists_adopts_with_its_defaults(
+    ids_dataset: str, redis_url: str, fresh_state: None
+) -> None:
+    accelerate.Accelerator(cpu=True)
+    loader = make_loader(ids_dataset, redis_url)
+    assert loader._is_accelerate_prepared is True
+    assert loader._accelerate is not None
+    assert not loader.use_stateful_dataloader
+    assert_exactly_once(flat([batch["id"].tolist() for batch in loader]))

@@ -11,8 +11,6 @@ before the checkpoint plus those after the resume, must be every id exactly once
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from ._launch_b import ROWS, assert_exactly_once, child_env, ids_dataset, torchrun_command
+from ._launch_b import ROWS, assert_exactly_once, child_env, ids_dataset, kill_tree, torchrun_command
 
 __all__ = ["ids_dataset"]  # the fixture, imported so that pytest finds it
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT_S = 150.0  # both agents up, rendezvous, and a few checkpoints on two shared cores
-FINISH_TIMEOUT_S = 240.0
+START_TIMEOUT_S = 120.0  # both agents up, rendezvous, and a few checkpoints on two shared cores (~15 s)
+FINISH_TIMEOUT_S = 150.0  # the rest (~30 s); both within pytest's 300 s
 KILL_AFTER_STEP = 10  # the second checkpoint (every 5 steps); epoch 0 has 63 steps on two ranks
 
 
@@ -35,34 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (from /proc): torchrun starts each worker in a session of its own."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def kill_agent(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL an agent and its workers at once, as when a node dies (no clean leave of the rendezvous)."""
-    if process.poll() is None:
-        for pid in [process.pid, *descendants(process.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.wait(timeout=30)
 
 
 def last_step(out: Path, *, restart: int) -> int:
@@ -111,7 +81,7 @@ def test_an_agent_killed_mid_epoch_resumes_on_the_new_world_size_exactly_once(
             assert not exited, f"an agent exited early {exited}:\n{log_tail(logs['host'])}\n{log_tail(logs['other'])}"
             assert time.monotonic() < deadline, f"no checkpoint of two ranks in time:\n{log_tail(logs['host'])}"
             time.sleep(0.1)
-        kill_agent(agents["other"])
+        kill_tree(agents["other"])
 
         try:
             returncode = agents["host"].wait(timeout=FINISH_TIMEOUT_S)
@@ -120,7 +90,7 @@ def test_an_agent_killed_mid_epoch_resumes_on_the_new_world_size_exactly_once(
         assert returncode == 0, f"the surviving agent failed ({returncode}):\n{log_tail(logs['host'])}"
     finally:
         for process in agents.values():
-            kill_agent(process)
+            kill_tree(process)
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["final_world_size"] == 1
