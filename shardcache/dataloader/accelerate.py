@@ -142,8 +142,8 @@ def adopt(loader: Any) -> bool:
     processes = (state.process_index, state.num_processes)
     if loader.cached_dataset._rank_arg is None and ranks != processes:
         raise ConfigError(
-            f"this CachedDataLoader reads as rank {ranks[0]} of {ranks[1]}, Accelerate runs process {processes[0]} "
-            f"of {processes[1]}: build the loader after Accelerator() (or pass rank= and world_size=)"
+            f"this CachedDataLoader reads as rank {ranks[0]} of {ranks[1]} (torch.distributed), but Accelerate runs "
+            f"process {processes[0]} of {processes[1]}: pass rank= and world_size= to CachedDataset"
         )
     if device_placement is not False and loader.device is None and state.device.type != "cpu":
         # On CUDA the loader copies the next batch on a side stream (device.py), non_blocking always.
