@@ -11,7 +11,8 @@
 Modules: ``plan``/``shuffle`` (which samples each rank reads, exactly once, elastic), ``dataset`` and
 ``loader`` (the two public classes), ``worker`` (one worker's batches), ``readahead`` (bounded shard
 prefetch), ``source`` (cache or read-through), ``tensors`` (Arrow rows to tensors), ``state`` (the
-state dict), ``spec`` (what an iteration reads, shared with persistent workers), ``stats``, ``device``.
+state dict), ``spec`` (what an iteration reads, shared with persistent workers), ``stats``, ``device``,
+``accelerate`` (``accelerator.prepare`` keeps a CachedDataLoader as it is).
 
 The public names import torch, so they load on first use: the prefetcher imports
 ``dataloader.shuffle`` (for ``order="epoch0"``) without paying for torch.

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from ..cache.keys import check_dataset_name
 from ..errors import ConfigError
+from .accelerate import AccelerateHooks
 from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
 from .device import DevicePrefetcher
@@ -87,7 +88,7 @@ class _Collate:
         return item._replace(batch=self.fn(item.batch))
 
 
-class CachedDataLoader(DataLoader):
+class CachedDataLoader(AccelerateHooks, DataLoader):
     """A DataLoader of whole batches of a cached dataset, exactly once per epoch across ranks.
 
     Args:
@@ -256,6 +257,8 @@ class CachedDataLoader(DataLoader):
             ordered = self._in_order(source, run)
             if self.device is not None:
                 ordered = iter(DevicePrefetcher(ordered, self.device))
+            if self._accelerate is not None:  # adopted by accelerator.prepare(): see accelerate.py
+                ordered = self._accelerate.signal(ordered, run.num_batches)
             while True:
                 asked = time.perf_counter()
                 try:
