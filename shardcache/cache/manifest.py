@@ -105,6 +105,10 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     transform_id: str | None = None
     source: SourceSpec | None = None
+    # Seconds of TTL its shards are written with (0: none), so that a loader writing one back follows
+    # the dataset's eviction policy, whatever its own connect() said. None: not recorded yet (a manifest
+    # not yet stored, or one written before this field): the writing cache's shard_ttl applies.
+    shard_ttl: float | None = None
 
     @property
     def num_shards(self) -> int:
@@ -149,6 +153,7 @@ class Manifest:
             "created_at": self.created_at,
             "transform_id": self.transform_id,
             "source": None if self.source is None else _spec_to_dict(self.source),
+            "shard_ttl": self.shard_ttl,
             "shards": [_shard_to_dict(s) for s in self.shards],
         }
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
@@ -306,6 +311,10 @@ def _manifest_from_dict(doc: Any) -> Manifest:
     if num_rows != sum(s.rows for s in shards):
         raise ValueError(f"num_rows={num_rows} is not the sum of the shards' rows")
     source = doc.get("source")
+    shard_ttl = doc.get("shard_ttl")
+    if shard_ttl is not None and (isinstance(shard_ttl, bool) or not isinstance(shard_ttl, (int, float))
+                                  or not math.isfinite(shard_ttl) or shard_ttl < 0):
+        raise ValueError(f"shard_ttl {shard_ttl!r} is not a number of seconds >= 0")
     return Manifest(
         # ConfigError is a ValueError: a bad name or version reads as a malformed manifest.
         name=validate_dataset_name(doc["name"]),
@@ -317,6 +326,7 @@ def _manifest_from_dict(doc: Any) -> Manifest:
         created_at=float(created_at),
         transform_id=transform_id,
         source=None if source is None else _spec_from_dict(source),
+        shard_ttl=None if shard_ttl is None else float(shard_ttl),
     )
 
 

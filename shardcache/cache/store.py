@@ -41,7 +41,7 @@ from ..errors import (
     ShardCorrupted,
     ShardMissing,
 )
-from ..units import format_bytes, parse_size
+from ..units import format_bytes, parse_duration, parse_size
 from .breaker import NodeBreaker
 from .bulk import Into, NotBulk, read_bulk, write_bulk
 from .codec import checksum, decode_payload, split_chunks
@@ -58,6 +58,10 @@ __all__ = ["Capacity", "NodeMemory", "ShardCache", "connect"]
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# Shards carry a TTL by default so that under volatile-lru (`shardcache up`'s default) Redis evicts
+# only shards, never metadata (which has none). It is long: its point is to make shards evictable;
+# a shard that expires is read through and written back like an evicted one.
+DEFAULT_SHARD_TTL = 30 * 86400.0
 MIN_BREAKER_COOLDOWN = 5.0
 
 _BEGIN = """
@@ -159,7 +163,7 @@ def connect(
     retry: RetryPolicy | None = None,
     chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     read_concurrency: int = 4,
-    shard_ttl: float | None = None,
+    shard_ttl: float | str | None = DEFAULT_SHARD_TTL,
     env: Mapping[str, str] | None = None,
     **options: Any,
 ) -> ShardCache:
@@ -167,7 +171,9 @@ def connect(
 
     Cluster or standalone is detected. ``options`` are :class:`ConnectOptions`
     (timeouts, ``max_connections``, ``ssl_ca_certs``...). ``SHARDCACHE_TLS_CA`` names
-    a CA file when ``ssl_ca_certs`` is not given.
+    a CA file when ``ssl_ca_certs`` is not given. ``shard_ttl`` (seconds or e.g. ``"7d"``;
+    None: no TTL) is the TTL of the shards of the versions this cache begins; it is recorded in
+    their manifests, and shards written back later (read-through) follow the manifest.
     """
     env = os.environ if env is None else env
     parsed = resolve_url(url, env=env, password=password)
@@ -204,7 +210,7 @@ class ShardCache:
         retry: RetryPolicy | None = None,
         chunk_size: int | str = DEFAULT_CHUNK_SIZE,
         read_concurrency: int = 4,
-        shard_ttl: float | None = None,
+        shard_ttl: float | str | None = DEFAULT_SHARD_TTL,
     ) -> None:
         self.url = url
         self.options = options or ConnectOptions()
@@ -214,10 +220,9 @@ class ShardCache:
         if isinstance(read_concurrency, bool) or not isinstance(read_concurrency, int) or read_concurrency < 1:
             raise ConfigError(f"read_concurrency={read_concurrency!r} must be an integer >= 1")
         self.read_concurrency = read_concurrency
-        if shard_ttl is not None and (isinstance(shard_ttl, bool) or not isinstance(shard_ttl, (int, float))
-                                      or shard_ttl <= 0):
-            raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive number of seconds or None")
-        self.shard_ttl = shard_ttl
+        if shard_ttl is not None and (isinstance(shard_ttl, bool) or parse_duration(shard_ttl, name="shard_ttl") <= 0):
+            raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive duration (seconds, or e.g. '7d') or None")
+        self.shard_ttl = None if shard_ttl is None else parse_duration(shard_ttl, name="shard_ttl")
         self.stats = CacheStats()
         self._lock = threading.Lock()
         _INSTANCES.add(self)
@@ -448,6 +453,7 @@ class ShardCache:
         """
         name, version = manifest.name, manifest.version
         keys = self.keys
+        manifest = self._with_ttl_policy(manifest)
         # Listed first, so that a writer dying between the two calls leaves nothing `ls` cannot see.
         self.call("SADD", keys.datasets(), name)
         existing = self.call(
@@ -457,6 +463,12 @@ class ShardCache:
         if existing is None:
             return manifest.replace(state="loading")
         return self.manifest(name, version)
+
+    def _with_ttl_policy(self, manifest: Manifest) -> Manifest:
+        """``manifest`` recording this cache's shard TTL (0: none), unless it records one already."""
+        if manifest.shard_ttl is not None:
+            return manifest
+        return manifest.replace(shard_ttl=self.shard_ttl or 0.0)
 
     def put_shard(self, manifest: Manifest, index: int, payload: pa.Buffer | bytes) -> ShardInfo:
         """Write shard ``index`` and record it; writing the same shard twice is harmless.
@@ -493,7 +505,9 @@ class ShardCache:
         # committed manifest already names the chunks of its cached shards).
         if len(chunks) > 1 and not (manifest.state == "complete" and shard.cached):
             self.call("HSET", done_key, str(index), json.dumps({"pending": len(chunks)}))
-        px = int(self.shard_ttl * 1000) if self.shard_ttl else None
+        # The dataset's policy, as its manifest records it: a loader writing a shard back follows it.
+        ttl = manifest.shard_ttl if manifest.shard_ttl is not None else self.shard_ttl
+        px = int(ttl * 1000) if ttl else None
         try:
             for c, chunk in enumerate(chunks):
                 self._set(self.keys.chunk(shard.key, c), chunk, px=px)
@@ -524,7 +538,7 @@ class ShardCache:
         if manifest.state == "loading":
             # Shards another process (or an earlier run) wrote count too, not only those the caller tracked.
             manifest = self._merge_done(manifest)
-        final = manifest.replace(state="complete")
+        final = self._with_ttl_policy(manifest).replace(state="complete")
         keys = self.keys
         try:
             self.call(
