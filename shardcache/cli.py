@@ -185,20 +185,19 @@ def ls_(redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secr
         for name in cache.datasets():
             try:
                 m = cache.manifest(name)
-            except ShardCacheError as exc:
-                rows.append({"dataset": name, "error": str(exc)})
+                versions = cache.versions(name)
+            except ShardCacheError as exc:  # one broken dataset: listed with its error, the others all the same
+                rows.append({"dataset": name, "error": " ".join(str(exc).split())})
                 continue
             rows.append({
                 "dataset": name, "version": m.version, "state": m.state, "shards": m.num_shards,
-                "cached": m.cached_shards, "rows": m.num_rows, "bytes": m.nbytes,
-                "versions": len(cache.versions(name)),
+                "cached": m.cached_shards, "rows": m.num_rows, "bytes": m.nbytes, "versions": len(versions),
             })
     if as_json:
         _echo_json(rows)
-        return
-    if not rows:
+    elif not rows:
         click.echo("no datasets")
-    for r in rows:
+    for r in [] if as_json else rows:
         if "error" in r:
             click.echo(f"{r['dataset']}: {r['error']}")
         else:
@@ -206,6 +205,8 @@ def ls_(redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secr
                 f"{r['dataset']}  {r['version']}  {r['state']}  {r['cached']}/{r['shards']} shards  "
                 f"{r['rows']} rows  {format_bytes(r['bytes'])}  ({r['versions']} version(s))"
             )
+    if any("error" in r for r in rows):
+        sys.exit(1)
 
 
 @cli.command()
