@@ -845,7 +845,7 @@ class ShardCache:
         try:
             versions = self.versions(name)
         except ManifestCorrupted as exc:
-            log.warning("%s; `rm` deletes it", exc)
+            log.warning("%s; `rm` goes on without it", exc)
             versions, broken = [], True
         latest = self._lenient(lambda: self.latest_version(name), None)
         latest = latest if isinstance(latest, str) and _is_version(latest) else None
@@ -907,7 +907,7 @@ class ShardCache:
         try:
             return read()
         except ManifestCorrupted as exc:
-            log.warning("%s; `rm` deletes it", exc)
+            log.warning("%s; `rm` goes on without it", exc)
             return default
 
     def _unlink(self, name: str, keys: Iterable[str], *, batch: int = 500) -> None:
