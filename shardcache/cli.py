@@ -184,9 +184,19 @@ def down(state_dir: str) -> None:
 
 @cli.command()
 @click.option("--dir", "state_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--redis", "redis_url", default=None, envvar="SHARDCACHE_REDIS_URL",
+              help="Ask the cache at this URL instead (default: $SHARDCACHE_REDIS_URL, unless --dir is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(state_dir: str, as_json: bool) -> None:
-    """Show the nodes of the local cluster recorded in --dir."""
+@click.pass_context
+def status(ctx: click.Context, state_dir: str, redis_url: str | None, as_json: bool) -> None:
+    """Show the nodes of a cache: role, state, memory (the local cluster recorded in --dir, or --redis URL)."""
+    dir_given = ctx.get_parameter_source("state_dir") is click.core.ParameterSource.COMMANDLINE
+    if redis_url is not None and not dir_given:
+        with connect(redis_url) as cache:
+            ok = _remote_status(cache, as_json=as_json)
+        if not ok:
+            sys.exit(1)
+        return
     cluster = LocalCluster.from_state(state_dir)
     st = cluster.status()
     if as_json:
@@ -203,6 +213,47 @@ def status(state_dir: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _remote_status(cache: ShardCache, *, as_json: bool) -> bool:
+    """Print every node of ``cache`` as it answers for itself; whether all answer and report a healthy cluster."""
+    import redis.exceptions as rex
+
+    client: Any = cache.client
+    nodes: list[Any] = list(client.get_nodes()) if cache.is_cluster else [None]
+    rows: list[dict[str, Any]] = []
+    for node in sorted(nodes, key=lambda n: (n is not None and n.server_type != "primary", n and n.name)):
+        target = {} if node is None else {"target_nodes": node}
+        row: dict[str, Any] = {
+            "node": cache.url.redacted() if node is None else node.name,
+            "role": "standalone" if node is None else node.server_type or "unknown",
+            "alive": True, "used_memory": None, "maxmemory": None, "policy": None, "cluster_state": None,
+        }
+        try:
+            memory = client.info("memory", **target)
+            row.update(used_memory=int(memory.get("used_memory", 0)), maxmemory=int(memory.get("maxmemory", 0)),
+                       policy=memory.get("maxmemory_policy"))
+            if node is not None:
+                try:
+                    row["cluster_state"] = client.cluster_info(**target).get("cluster_state")
+                except rex.NoPermissionError:  # a user limited to shardcache's rule: memory is still shown
+                    pass
+        except (rex.RedisError, OSError) as exc:
+            row.update(alive=False, error=" ".join(str(exc).split())[:200])
+        rows.append(row)
+    ok = all(r["alive"] and r["cluster_state"] in (None, "ok") for r in rows)
+    if as_json:
+        _echo_json({"ok": ok, "url": cache.url.redacted(), "nodes": rows})
+        return ok
+    click.echo(f"{'ok' if ok else 'NOT OK'}: {cache.url.redacted()} ({len(rows)} node(s))")
+    for r in rows:
+        if not r["alive"]:
+            click.echo(f"  {r['node']}  DOWN  {r['role']:<8} {r['error']}")
+            continue
+        limit = format_bytes(r["maxmemory"]) if r["maxmemory"] else "no limit"
+        click.echo(f"  {r['node']}  up  {r['role']:<8} used {format_bytes(r['used_memory'])} of {limit} "
+                   f"({r['policy']})  cluster_state {r['cluster_state'] or '-'}")
+    return ok
+
+
 # -- datasets ---------------------------------------------------------------------------------
 
 
@@ -216,37 +267,38 @@ def ls_(redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secr
         for name in cache.datasets():
             try:
                 m = cache.manifest(name)
-            except ShardCacheError as exc:
-                rows.append({"dataset": name, "error": str(exc)})
+                versions = cache.versions(name)
+            except ShardCacheError as exc:  # one broken dataset: listed with its error, the others all the same
+                rows.append({"dataset": name, "error": " ".join(str(exc).split())})
                 continue
             rows.append({
                 "dataset": name, "version": m.version, "state": m.state, "shards": m.num_shards,
-                "cached": m.cached_shards, "rows": m.num_rows, "bytes": m.nbytes,
-                "versions": len(cache.versions(name)),
+                "cached": m.cached_shards, "rows": m.num_rows, "bytes": m.nbytes, "versions": len(versions),
             })
     if as_json:
         _echo_json(rows)
-        return
-    if not rows:
+    elif not rows:
         click.echo("no datasets")
-        return
-    table = [("DATASET", "VERSION", "STATE", "SHARDS", "ROWS", "SIZE", "VERSIONS")]
-    errors = []
-    for r in rows:
-        if "error" in r:
-            errors.append(f"{_quoted(r['dataset'])}: {r['error']}")
-        else:
-            table.append((_quoted(r["dataset"]), r["version"], r["state"], f"{r['cached']}/{r['shards']}",
-                          str(r["rows"]), format_bytes(r["bytes"]), str(r["versions"])))
-    if len(table) > 1:
-        widths = [max(_width(row[i]) for row in table) for i in range(len(table[0]))]
-        right = {3, 4, 5, 6}  # numbers line up on their last digit
-        for row in table:
-            pads = [" " * (w - _width(c)) for c, w in zip(row, widths, strict=True)]
-            cells = [pad + c if i in right else c + pad for i, (c, pad) in enumerate(zip(row, pads, strict=True))]
-            click.echo("  ".join(cells).rstrip())
-    for line in errors:
-        click.echo(line)
+    else:
+        table = [("DATASET", "VERSION", "STATE", "SHARDS", "ROWS", "SIZE", "VERSIONS")]
+        errors = []
+        for r in rows:
+            if "error" in r:
+                errors.append(f"{_quoted(r['dataset'])}: {r['error']}")
+            else:
+                table.append((_quoted(r["dataset"]), r["version"], r["state"], f"{r['cached']}/{r['shards']}",
+                              str(r["rows"]), format_bytes(r["bytes"]), str(r["versions"])))
+        if len(table) > 1:
+            widths = [max(_width(row[i]) for row in table) for i in range(len(table[0]))]
+            right = {3, 4, 5, 6}  # numbers line up on their last digit
+            for row in table:
+                pads = [" " * (w - _width(c)) for c, w in zip(row, widths, strict=True)]
+                cells = [pad + c if i in right else c + pad for i, (c, pad) in enumerate(zip(row, pads, strict=True))]
+                click.echo("  ".join(cells).rstrip())
+        for line in errors:
+            click.echo(line)
+    if any("error" in r for r in rows):
+        sys.exit(1)
 
 
 def _width(text: str) -> int:

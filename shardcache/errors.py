@@ -11,7 +11,8 @@ do next. Passwords never appear in a message::
     ├── DatasetNotFound (also KeyError)      no such dataset or version
     ├── ShardMissing                         a shard is not in the cache
     ├── ShardCorrupted                       checksum or decoding failed
-    │   └── ManifestCorrupted                a manifest failed validation
+    │   └── ManifestCorrupted                a manifest, or another metadata key, is unusable
+    │                                        (malformed, or of the wrong Redis type)
     ├── CapacityExceeded                     the data does not fit in Redis
     ├── DatasetLocked                        another writer holds the dataset
     ├── DatasetInUse                         a live lease protects the dataset
@@ -89,7 +90,11 @@ class ShardMissing(ShardCacheError):
 
 
 class ShardCorrupted(ShardCacheError):
-    """Bytes read from Redis failed their checksum or could not be decoded."""
+    """Bytes read from Redis failed their checksum or could not be decoded.
+
+    Attributes:
+        key: the Redis key at fault, when one is known.
+    """
 
     def __init__(
         self,
@@ -98,15 +103,18 @@ class ShardCorrupted(ShardCacheError):
         dataset: str | None = None,
         version: str | None = None,
         shard: int | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
         self.dataset = dataset
         self.version = version
         self.shard = shard
+        self.key = key
 
 
 class ManifestCorrupted(ShardCorrupted):
-    """A manifest read from Redis is not valid JSON of the expected shape."""
+    """A manifest read from Redis is not valid JSON of the expected shape, or a metadata key
+    (``latest``, ``versions``, the dataset list, a lease set) holds a value of the wrong type."""
 
 
 class CapacityExceeded(ShardCacheError):

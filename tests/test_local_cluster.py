@@ -60,7 +60,7 @@ def test_three_primaries_one_replica_each(cluster: LocalCluster) -> None:
     with connect(cluster.url, env={}) as cache:
         assert cache.is_cluster
         assert {n.maxmemory for n in cache.capacity().nodes} == {64 * 1000**2}
-        assert cache.capacity().policies == {"allkeys-lru"}
+        assert cache.capacity().policies == {"volatile-lru"}  # metadata has no TTL: never evicted
     # Every replica follows a different primary.
     with redis.Redis(port=cluster.ports[0], decode_responses=True) as r:
         lines = [line.split() for line in r.execute_command("CLUSTER", "NODES").splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from ..errors import ConfigError
+from ..errors import CacheUnavailable, ConfigError
 from .retry import RetryPolicy
 from .urls import CacheURL
 
@@ -21,6 +22,11 @@ __all__ = ["ConnectOptions", "open_client"]
 log = logging.getLogger(__name__)
 
 Client = redis.Redis | RedisCluster
+
+# How long connect() keeps trying when no seed answers at all. The retry deadline (20 s) is for
+# riding through a failover of a cluster that answered before; a cache that does not answer when
+# a job starts (not running, wrong host, every node down) is better reported at once.
+CONNECT_DEADLINE = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
     Asks ``CLUSTER SLOTS``, which the cluster client needs anyway, so an ACL user needs
     no ``INFO`` just to connect; a standalone server answers that cluster support is disabled.
     """
+    failures: list[str] = []
     last: Exception | None = None
     for host, port in url.seeds:
         probe = redis.Redis(host=host, port=port, **_kwargs(url, options))  # db 0: clusters refuse SELECT
@@ -81,6 +88,7 @@ def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
         except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError):
             raise
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            failures.append(f"{host}:{port} ({_reason(exc)})")
             last = exc
         except rex.ResponseError as exc:
             if "cluster support disabled" in str(exc).lower() or "unknown command" in str(exc).lower():
@@ -88,9 +96,47 @@ def _probe(url: CacheURL, options: ConnectOptions) -> tuple[str, int, bool]:
             raise
         finally:
             probe.close()
-    if last is None:
+    if not failures:
         raise ConfigError("the cache URL names no seed node")
-    raise last
+    raise _NoSeedAnswered("; ".join(failures)) from last  # the cause tells a refused TLS certificate
+
+
+class _NoSeedAnswered(rex.ConnectionError):
+    """No seed of the URL answered the probe; the message lists each seed and why."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:120]
+
+
+def _first_contact(
+    url: CacheURL, options: ConnectOptions, retry: RetryPolicy, *, first: bool
+) -> tuple[str, int, bool]:
+    """Probe the seeds; on ``first`` contact for up to CONNECT_DEADLINE (or the retry deadline, if
+    shorter). When none answers, one CacheUnavailable that names every seed tried and why."""
+    quick = dataclasses.replace(retry, deadline=min(retry.deadline, CONNECT_DEADLINE)) if first else retry
+    last: list[str] = []
+
+    def probe() -> tuple[str, int, bool]:
+        try:
+            return _probe(url, options)
+        except _NoSeedAnswered as exc:
+            last[:] = [str(exc)]
+            raise
+
+    try:
+        return quick.call(probe, what=f"connecting to {url.redacted()}", node=url.redacted)
+    except CacheUnavailable as exc:
+        if not last or exc.waited < quick.deadline:  # not the deadline: e.g. a refused TLS certificate
+            raise
+        seeds = ", ".join(f"{h}:{p}" for h, p in url.seeds)
+        raise CacheUnavailable(
+            f"the cache did not answer at {'its seed' if len(url.seeds) == 1 else 'any of its seeds'} {seeds} "
+            f"within {exc.waited:.1f}s (tried {last[0]}); check that it runs and is reachable from here: "
+            "`shardcache status`",
+            node=seeds, waited=exc.waited,
+        ) from None
 
 
 def open_client(
@@ -99,15 +145,15 @@ def open_client(
     """A client for ``url``: ``RedisCluster`` when the server runs in cluster mode.
 
     ``cluster`` says whether it does when that is known already (a forked DataLoader worker knows
-    it from its parent), which saves a connection and a round trip. Returns ``(client, is_cluster)``;
+    it from its parent), which saves a connection and a round trip. Returns ``(client, is_cluster)``.
+    When no seed answers at first contact, CacheUnavailable comes within CONNECT_DEADLINE; other
     connection failures are retried until ``retry``'s deadline and then raise CacheUnavailable.
     """
     if cluster:
         host, port, is_cluster = *url.seeds[0], True
     else:
-        host, port, is_cluster = retry.call(
-            lambda: _probe(url, options), what=f"connecting to {url.redacted()}", node=url.redacted
-        )
+        # A process that knows the server already (a forked worker) waits the full deadline, as for a failover.
+        host, port, is_cluster = _first_contact(url, options, retry, first=cluster is None)
     kwargs = _kwargs(url, options)
     if not is_cluster:
         pool_cls = redis.BlockingConnectionPool

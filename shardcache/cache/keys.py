@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ..errors import ConfigError
 
@@ -136,6 +136,17 @@ class KeySpace:
                 "use a shorter name"
             )
         return key
+
+    def dataset_of(self, key: str) -> str | None:
+        """The dataset whose metadata or shard ``key`` is, or None (the dataset list, a foreign key)."""
+        rest = key[len(self.prefix):] if key.startswith(self.prefix) else None
+        if rest is None:
+            return None
+        if rest.startswith("{d=") and "}" in rest:
+            return unquote(rest[3 : rest.index("}")])
+        if rest.startswith("s:") and rest.count(":") >= 3:
+            return unquote(rest[2:].split(":", 1)[0])
+        return None
 
     @staticmethod
     def chunk(shard_key: str, chunk: int) -> str:

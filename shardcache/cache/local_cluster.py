@@ -59,7 +59,9 @@ BUS_PORT_OFFSET = 10000
 STATE_FILE = "cluster.json"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAXMEMORY = "1gb"
-DEFAULT_POLICY = "allkeys-lru"
+# Only keys with a TTL may be evicted: shards get one (connect's shard_ttl), metadata never does, so a
+# memory squeeze evicts shards (read through, then written back) and never a manifest or `latest`.
+DEFAULT_POLICY = "volatile-lru"
 DEFAULT_NODE_TIMEOUT_MS = 2000
 MAXMEMORY_POLICIES = (
     "noeviction",

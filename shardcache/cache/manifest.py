@@ -122,6 +122,10 @@ class Manifest:
     source: SourceSpec | None = None
     # Every source file's identity at listing time; () in manifests written before it was recorded.
     files: tuple[FileIdentity, ...] = ()
+    # Seconds of TTL its shards are written with (0: none), so that a loader writing one back follows
+    # the dataset's eviction policy, whatever its own connect() said. None: not recorded yet (a manifest
+    # not yet stored, or one written before this field): the writing cache's shard_ttl applies.
+    shard_ttl: float | None = None
 
     @property
     def num_shards(self) -> int:
@@ -166,6 +170,7 @@ class Manifest:
             "created_at": self.created_at,
             "transform_id": self.transform_id,
             "source": None if self.source is None else _spec_to_dict(self.source),
+            "shard_ttl": self.shard_ttl,
             "shards": [_shard_to_dict(s) for s in self.shards],
         }
         if self.files:  # left out when unknown, so a manifest without it stays byte-identical
@@ -326,6 +331,10 @@ def _manifest_from_dict(doc: Any) -> Manifest:
         raise ValueError(f"num_rows={num_rows} is not the sum of the shards' rows")
     source = doc.get("source")
     files = _files_from_doc(doc.get("files", []))
+    shard_ttl = doc.get("shard_ttl")
+    if shard_ttl is not None and (isinstance(shard_ttl, bool) or not isinstance(shard_ttl, (int, float))
+                                  or not math.isfinite(shard_ttl) or shard_ttl < 0):
+        raise ValueError(f"shard_ttl {shard_ttl!r} is not a number of seconds >= 0")
     return Manifest(
         # ConfigError is a ValueError: a bad name or version reads as a malformed manifest.
         name=validate_dataset_name(doc["name"]),
@@ -338,6 +347,7 @@ def _manifest_from_dict(doc: Any) -> Manifest:
         transform_id=transform_id,
         source=None if source is None else _spec_from_dict(source),
         files=files,
+        shard_ttl=None if shard_ttl is None else float(shard_ttl),
     )
 
 

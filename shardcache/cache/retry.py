@@ -43,6 +43,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionResetError,
     BrokenPipeError,
 )
+# Error replies that redis-py leaves as a plain ResponseError, yet that a node sends only while it
+# cannot serve for a while: BUSY (a script or function past busy-reply-threshold; "BUSYGROUP" is
+# another matter, hence the space), LOADING (a restart reading its data), TRYAGAIN (a slot
+# migrating), CLUSTERDOWN and MASTERDOWN (a failover). Like a node failing over, they go away.
+_TRANSIENT_REPLIES = ("BUSY ", "LOADING ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
 # redis-py raises this generic cluster error when no node answered while it re-read the
 # topology: that is a failover in progress, whereas its other uses (bad arguments) are not.
 _UNREACHABLE = "cannot be connected"
@@ -52,11 +57,14 @@ _SCRIPT_DENIED = ("user executing the script can't", "ACL failure in script")
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an error that a failover, restart or slot migration produces and that goes away."""
+    """Whether ``exc`` is an error that a failover, restart, slot migration or busy script produces and
+    that goes away."""
     if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)):
         return False
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
+    if isinstance(exc, rex.ResponseError):
+        return str(exc).lstrip().startswith(_TRANSIENT_REPLIES)
     return isinstance(exc, rex.RedisClusterException) and _UNREACHABLE in str(exc)
 
 

@@ -12,6 +12,7 @@ Every call rides through failover with :class:`RetryPolicy`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -19,10 +20,10 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import pyarrow as pa
 import redis.exceptions as rex
@@ -41,7 +42,7 @@ from ..errors import (
     ShardCorrupted,
     ShardMissing,
 )
-from ..units import format_bytes, parse_size
+from ..units import format_bytes, parse_duration, parse_size
 from .breaker import NodeBreaker
 from .bulk import Into, NotBulk, read_bulk, write_bulk
 from .codec import checksum, decode_payload, split_chunks
@@ -56,9 +57,16 @@ from .urls import CacheURL, resolve_url
 __all__ = ["Capacity", "NodeMemory", "ShardCache", "connect"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# Shards carry a TTL by default so that under volatile-lru (`shardcache up`'s default) Redis evicts
+# only shards, never metadata (which has none). It is long: its point is to make shards evictable;
+# a shard that expires is read through and written back like an evicted one.
+DEFAULT_SHARD_TTL = 30 * 86400.0
 MIN_BREAKER_COOLDOWN = 5.0
+# Error replies that shardcache's scripts send on purpose (SHARDCACHE_LOCK_LOST...).
+_SCRIPT_SIGNAL = "SHARDCACHE_"
 
 _BEGIN = """
 local cur = redis.call('GET', KEYS[1])
@@ -79,11 +87,14 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 """
-# KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..].
+# KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..]. A key of the wrong
+# type (planted by something else) is deleted rather than left to make every `rm` fail: a lease set
+# that is not a sorted set protects nothing, and every other key here is removed or rewritten anyway.
 _DELETE = """
+local function failed(reply) return type(reply) == 'table' and reply['err'] ~= nil end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if failed(redis.pcall('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)) then redis.call('DEL', KEYS[1]) end
 if ARGV[1] ~= '1' then
   local blocked = {}
   for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -101,14 +112,20 @@ local out = {}
 for i = 2, #ARGV do
   local mkey = KEYS[4 + 2 * (i - 2)]
   local dkey = KEYS[5 + 2 * (i - 2)]
-  local m = redis.call('GET', mkey)
+  local m = redis.pcall('GET', mkey)
+  if failed(m) then m = false end
   table.insert(out, m or '')
-  local pending = redis.call('HGETALL', dkey)
+  local pending = redis.pcall('HGETALL', dkey)
+  if failed(pending) then pending = {} end
   table.insert(out, cjson.encode(pending))
   redis.call('DEL', mkey, dkey)
-  redis.call('ZREM', KEYS[2], ARGV[i])
+  if failed(redis.pcall('ZREM', KEYS[2], ARGV[i])) then redis.call('DEL', KEYS[2]) end
 end
-local newest = redis.call('ZREVRANGE', KEYS[2], 0, 0)
+local newest = redis.pcall('ZREVRANGE', KEYS[2], 0, 0)
+if failed(newest) then
+  redis.call('DEL', KEYS[2])
+  newest = {}
+end
 if newest[1] then redis.call('SET', KEYS[3], newest[1]) else redis.call('DEL', KEYS[3]) end
 return {1, out, redis.call('ZCARD', KEYS[2])}
 """
@@ -159,7 +176,7 @@ def connect(
     retry: RetryPolicy | None = None,
     chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     read_concurrency: int = 4,
-    shard_ttl: float | None = None,
+    shard_ttl: float | str | None = DEFAULT_SHARD_TTL,
     env: Mapping[str, str] | None = None,
     **options: Any,
 ) -> ShardCache:
@@ -167,7 +184,9 @@ def connect(
 
     Cluster or standalone is detected. ``options`` are :class:`ConnectOptions`
     (timeouts, ``max_connections``, ``ssl_ca_certs``...). ``SHARDCACHE_TLS_CA`` names
-    a CA file when ``ssl_ca_certs`` is not given.
+    a CA file when ``ssl_ca_certs`` is not given. ``shard_ttl`` (seconds or e.g. ``"7d"``;
+    None: no TTL) is the TTL of the shards of the versions this cache begins; it is recorded in
+    their manifests, and shards written back later (read-through) follow the manifest.
     """
     env = os.environ if env is None else env
     parsed = resolve_url(url, env=env, password=password)
@@ -204,7 +223,7 @@ class ShardCache:
         retry: RetryPolicy | None = None,
         chunk_size: int | str = DEFAULT_CHUNK_SIZE,
         read_concurrency: int = 4,
-        shard_ttl: float | None = None,
+        shard_ttl: float | str | None = DEFAULT_SHARD_TTL,
     ) -> None:
         self.url = url
         self.options = options or ConnectOptions()
@@ -214,10 +233,9 @@ class ShardCache:
         if isinstance(read_concurrency, bool) or not isinstance(read_concurrency, int) or read_concurrency < 1:
             raise ConfigError(f"read_concurrency={read_concurrency!r} must be an integer >= 1")
         self.read_concurrency = read_concurrency
-        if shard_ttl is not None and (isinstance(shard_ttl, bool) or not isinstance(shard_ttl, (int, float))
-                                      or shard_ttl <= 0):
-            raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive number of seconds or None")
-        self.shard_ttl = shard_ttl
+        if shard_ttl is not None and (isinstance(shard_ttl, bool) or parse_duration(shard_ttl, name="shard_ttl") <= 0):
+            raise ConfigError(f"shard_ttl={shard_ttl!r} must be a positive duration (seconds, or e.g. '7d') or None")
+        self.shard_ttl = None if shard_ttl is None else parse_duration(shard_ttl, name="shard_ttl")
         self.stats = CacheStats()
         self._lock = threading.Lock()
         _INSTANCES.add(self)
@@ -317,8 +335,34 @@ class ShardCache:
         except CacheUnavailable as exc:
             self._breaker.trip(exc.node or node)  # the next calls to that node fail fast
             raise
+        except rex.ResponseError as exc:
+            if _SCRIPT_SIGNAL in str(exc):  # our own scripts' answers: their callers handle them
+                raise
+            keys = [str(k) for k in args[2 : 2 + int(args[1])]] if method.upper() == "EVAL" else [first_key or ""]
+            raise self._reply_error(exc, what=what, keys=[k for k in keys if k]) from None
         self._breaker.reset(node)
         return result
+
+    def _reply_error(self, exc: rex.ResponseError, *, what: str, keys: Sequence[str]) -> ShardCacheError:
+        """A Redis error reply as one of ours: WRONGTYPE (something else wrote the key) is
+        ManifestCorrupted naming the key and the fix; any other reply a ShardCacheError."""
+        text = " ".join(str(exc).split())[:200]
+        if "WRONGTYPE" not in text:
+            return ShardCacheError(f"{what}: Redis answered an error ({text}); check it with `shardcache status`")
+        names = sorted({n for n in map(self.keys.dataset_of, keys) if n is not None})
+        where = keys[0] if len(keys) == 1 else f"one of the keys {', '.join(keys)}"
+        if names:
+            fix = f"remove the dataset with `shardcache rm {names[0]}` (it deletes the key too), then prefetch it again"
+            if keys == [self.keys.leases(names[0])]:  # it only holds readers' leases: the dataset can stay
+                fix = f"delete the key with `DEL {keys[0]}`, or {fix}"
+        else:
+            fix = (f"delete the key with `DEL {where}`: the datasets themselves stay cached, and a prefetch of "
+                   "each (nothing is reloaded) lists it again")
+        return ManifestCorrupted(
+            f"the Redis key {where}{f' of dataset {names[0]!r}' if names else ''} holds a value of the wrong type "
+            f"({what}: {text}); something other than shardcache wrote it: {fix}",
+            dataset=names[0] if names else None, key=keys[0] if len(keys) == 1 else None,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -371,15 +415,18 @@ class ShardCache:
                     "(`shardcache prefetch SOURCE --dataset NAME`) or check `shardcache ls`",
                     dataset=name,
                 )
+            try:
+                validate_version(version)
+            except ConfigError:  # the caller passed no version: blame the key, not an argument
+                key = self.keys.latest(name)
+                raise ManifestCorrupted(
+                    f"the Redis key {key} of dataset {name!r}, which names its newest version, holds "
+                    f"{version[:80]!r}, not a version id; remove the dataset with `shardcache rm {name}`, then "
+                    "prefetch it again",
+                    dataset=name, key=key,
+                ) from None
         validate_version(version)
-        try:
-            raw = self.call("GET", self.keys.manifest(name, version))
-        except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
-            raise ManifestCorrupted(
-                f"the manifest key of {name!r} version {version} holds no manifest ({str(exc)[:100]}); remove it "
-                f"with `shardcache rm {name} --version {version}` and prefetch again",
-                dataset=name, version=version,
-            ) from None
+        raw = self.call("GET", self.keys.manifest(name, version))  # WRONGTYPE: ManifestCorrupted
         if raw is None:
             raise DatasetNotFound(
                 f"version {version!r} of dataset {name!r} is not in the cache (removed, or its manifest was "
@@ -448,6 +495,7 @@ class ShardCache:
         """
         name, version = manifest.name, manifest.version
         keys = self.keys
+        manifest = self._with_ttl_policy(manifest)
         # Listed first, so that a writer dying between the two calls leaves nothing `ls` cannot see.
         self.call("SADD", keys.datasets(), name)
         existing = self.call(
@@ -457,6 +505,12 @@ class ShardCache:
         if existing is None:
             return manifest.replace(state="loading")
         return self.manifest(name, version)
+
+    def _with_ttl_policy(self, manifest: Manifest) -> Manifest:
+        """``manifest`` recording this cache's shard TTL (0: none), unless it records one already."""
+        if manifest.shard_ttl is not None:
+            return manifest
+        return manifest.replace(shard_ttl=self.shard_ttl or 0.0)
 
     def put_shard(self, manifest: Manifest, index: int, payload: pa.Buffer | bytes) -> ShardInfo:
         """Write shard ``index`` and record it; writing the same shard twice is harmless.
@@ -493,7 +547,9 @@ class ShardCache:
         # committed manifest already names the chunks of its cached shards).
         if len(chunks) > 1 and not (manifest.state == "complete" and shard.cached):
             self.call("HSET", done_key, str(index), json.dumps({"pending": len(chunks)}))
-        px = int(self.shard_ttl * 1000) if self.shard_ttl else None
+        # The dataset's policy, as its manifest records it: a loader writing a shard back follows it.
+        ttl = manifest.shard_ttl if manifest.shard_ttl is not None else self.shard_ttl
+        px = int(ttl * 1000) if ttl else None
         try:
             for c, chunk in enumerate(chunks):
                 self._set(self.keys.chunk(shard.key, c), chunk, px=px)
@@ -524,7 +580,7 @@ class ShardCache:
         if manifest.state == "loading":
             # Shards another process (or an earlier run) wrote count too, not only those the caller tracked.
             manifest = self._merge_done(manifest)
-        final = manifest.replace(state="complete")
+        final = self._with_ttl_policy(manifest).replace(state="complete")
         keys = self.keys
         try:
             self.call(
@@ -567,7 +623,12 @@ class ShardCache:
                         pipe.strlen(key)
                     else:
                         pipe.exists(key)
-            return pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            for r in replies:  # a busy or failing-over node: raised, so the policy retries it
+                if isinstance(r, Exception) and "WRONGTYPE" not in str(r):
+                    raise r
+            # A chunk key of the wrong type (STRLEN answers WRONGTYPE) counts as missing: it is rewritten.
+            return [0 if isinstance(r, Exception) else r for r in replies]
 
         what = "STRLEN shards" if check_sizes else "EXISTS shards"
         replies = iter(self.retry.call(run, what=what, on_retry=self._refresh, on_wait=self._on_wait))
@@ -601,7 +662,7 @@ class ShardCache:
         try:
             read = self._read_chunks(shard, into)
             payload, digest = (None, None) if read is None else read
-        except rex.ResponseError as exc:  # WRONGTYPE: something else was planted under the key
+        except (rex.ResponseError, ManifestCorrupted) as exc:  # WRONGTYPE: something else was planted there
             payload = exc
         if payload is None:
             self.stats.add(misses=1)
@@ -778,28 +839,42 @@ class ShardCache:
         validate_dataset_name(name)
         if version is not None and all_old:
             raise ConfigError(f"give version={version!r} or all_old=True, not both")
-        versions = self.versions(name)
+        # Keys of the wrong type do not stop `rm`: it is how a user cleans up after them (the script
+        # deletes them); each is named in a warning.
+        broken = False
+        try:
+            versions = self.versions(name)
+        except ManifestCorrupted as exc:
+            log.warning("%s; `rm` goes on without it", exc)
+            versions, broken = [], True
+        latest = self._lenient(lambda: self.latest_version(name), None)
+        latest = latest if isinstance(latest, str) and _is_version(latest) else None
         if version is not None:
             validate_version(version)
-            if version not in versions and self.call("GET", self.keys.manifest(name, version)) is None:
+            present = version in versions or self._lenient(
+                lambda: self.call("GET", self.keys.manifest(name, version)), b"") is not None
+            if not present:
                 raise DatasetNotFound(
                     f"dataset {name!r} has no version {version!r}; versions: {', '.join(versions) or 'none'}",
                     dataset=name, version=version,
                 )
             targets = [version]
         elif all_old:
-            latest = self.latest_version(name)
-            targets = [v for v in versions if v != latest]
+            newest = latest if latest in versions else (versions[-1] if versions else None)
+            targets = [v for v in versions if v != newest]
         else:
-            targets = versions
-            if not targets and name not in self.datasets():
+            targets = versions or ([latest] if broken and latest else [])
+            if not targets and not broken and name not in self._lenient(self.datasets, [name]):
                 raise DatasetNotFound(f"dataset {name!r} is not in the cache; see `shardcache ls`", dataset=name)
-        if not targets:
+        if not targets and not (broken and version is None and not all_old):
             return []
         # Read which shards each version has before the script removes that record: if the
         # script's reply is lost and it is retried, the retry finds the manifests gone.
-        before = {v: (self.call("GET", self.keys.manifest(name, v)), self.call("HGETALL", self.keys.done(name, v)))
-                  for v in targets}
+        before: dict[str, tuple[Any, Any]] = {}
+        for v in targets:
+            manifest_key, done_key = self.keys.manifest(name, v), self.keys.done(name, v)
+            before[v] = (self._lenient(functools.partial(self.call, "GET", manifest_key), None),
+                         self._lenient(functools.partial(self.call, "HGETALL", done_key), {}))
         keys = [self.keys.leases(name), self.keys.versions(name), self.keys.latest(name)]
         for v in targets:
             keys += [self.keys.manifest(name, v), self.keys.done(name, v)]
@@ -818,10 +893,22 @@ class ShardCache:
             self._unlink(name, (self.keys.chunk(self.keys.shard(name, v, index), c)
                                 for index, count in sorted(counts.items()) for c in range(count)))
         if int(reply[2]) == 0:
-            self.call("SREM", self.keys.datasets(), name)
-            if self.call("ZCARD", self.keys.versions(name)):  # a writer began a new version meanwhile
-                self.call("SADD", self.keys.datasets(), name)
+            try:
+                self.call("SREM", self.keys.datasets(), name)
+                if self.call("ZCARD", self.keys.versions(name)):  # a writer began a new version meanwhile
+                    self.call("SADD", self.keys.datasets(), name)
+            except ManifestCorrupted as exc:  # the dataset list is broken: the dataset is gone all the same
+                log.warning("%s", exc)
         return targets
+
+    @staticmethod
+    def _lenient(read: Callable[[], T], default: T) -> T:
+        """``read()``, or ``default`` when a key it reads has the wrong type (logged): for `rm`."""
+        try:
+            return read()
+        except ManifestCorrupted as exc:
+            log.warning("%s; `rm` goes on without it", exc)
+            return default
 
     def _unlink(self, name: str, keys: Iterable[str], *, batch: int = 500) -> None:
         """UNLINK ``keys`` in pipelined batches (small replies, so pipelining pays here)."""
@@ -947,6 +1034,14 @@ def _chunk_counts(
             if text.isascii() and text.isdigit() and len(text) < 12:
                 counts[int(text)] = max(counts.get(int(text), 1), record_chunks(value))
     return counts
+
+
+def _is_version(text: str) -> bool:
+    try:
+        validate_version(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def _copy_into(payload: pa.Buffer, into: Into) -> None:

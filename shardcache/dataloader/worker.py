@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import get_worker_info
 
 from ..cache import Lease
-from ..errors import AccessDenied, CacheUnavailable, ShardCacheError
+from ..errors import AccessDenied, CacheUnavailable, ManifestCorrupted, ShardCacheError
 from .inplace import InPlace, Use
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
@@ -173,12 +173,14 @@ class _Groups:
 
 def take_lease(ds: CachedDataset) -> Lease | None:
     """A reader's lease on the version, or None when the node holding it cannot be reached: reading goes on
-    (shards are read through), and ``rm`` cannot run on that dataset either while its node is down."""
+    (shards are read through), and ``rm`` cannot run on that dataset either while its node is down. Or None
+    when the lease key holds something else than a lease set (ManifestCorrupted): the reader carries on
+    with a warning that names the key and the fix, since training need not stop for it."""
     try:
         return ds.cache.lease(ds.name, ds.version, ttl=ds.lease_ttl)
     except AccessDenied:
         raise  # a missing ACL rule is the user's to fix, not a node to wait out
-    except CacheUnavailable as exc:
+    except (CacheUnavailable, ManifestCorrupted) as exc:
         log.warning("reading %r without a reader lease: %s", ds.name, exc)
         return None
 

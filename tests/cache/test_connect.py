@@ -100,6 +100,28 @@ def test_server_down_gives_cache_unavailable_in_bounded_time() -> None:
     assert "shardcache status" in str(info.value)
 
 
+@pytest.mark.parametrize("where", ["refused", "unknown-host", "several-seeds"])
+def test_no_seed_answering_at_connect_fails_within_seconds_naming_the_seeds(where: str) -> None:
+    # The 20 s retry deadline is for a cluster that answered before (a failover); a cache that does
+    # not answer when a job starts is reported at once, with every seed tried (issue 16, item 7).
+    seeds = {
+        "refused": [f"127.0.0.1:{dead_port()}"],
+        "unknown-host": ["no-such-host.invalid:7000"],
+        "several-seeds": [f"127.0.0.1:{dead_port()}", f"127.0.0.1:{dead_port()}"],
+    }[where]
+    began = time.monotonic()
+    with pytest.raises(CacheUnavailable) as info:
+        connect("redis://" + ",".join(seeds), env={})  # the default 20 s deadline
+    elapsed = time.monotonic() - began
+    assert elapsed < 3.0, f"took {elapsed:.1f}s"
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert all(seed in message for seed in seeds), message
+    assert "shardcache status" in message
+    assert "node" not in message  # a seed list is not a node
+    assert info.value.node == ", ".join(seeds)
+
+
 def test_server_lost_after_connect(cluster_factory: Callable[..., LocalCluster]) -> None:
     server = cluster_factory(masters=1, replicas=0, cluster=False)
     cache = connect(server.url, retry=RetryPolicy(deadline=0.5), env={})

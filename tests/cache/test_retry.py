@@ -63,6 +63,32 @@ def test_gives_up_at_the_deadline_naming_node_and_time() -> None:
     assert "shardcache status" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        "BUSY Valkey is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        "LOADING Redis is loading the dataset in memory",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "CLUSTERDOWN The cluster is down",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ],
+)
+def test_busy_and_loading_replies_are_retried_like_a_failover(reply: str) -> None:
+    # redis-py leaves BUSY as a plain ResponseError: without this, a long script on one primary
+    # reaches the training loop raw (issue 16, item 3).
+    clock = FakeClock()
+    assert policy(clock).call(failing(3, lambda: rex.ResponseError(reply))) == "ok"
+    assert len(clock.sleeps) == 3
+    with pytest.raises(CacheUnavailable, match="did not answer"):
+        policy(FakeClock(), deadline=2.0).call(failing(10**6, lambda: rex.ResponseError(reply)))
+
+
+def test_busygroup_and_wrongtype_are_not_transient() -> None:
+    assert not is_transient(rex.ResponseError("BUSYGROUP Consumer Group name already exists"))
+    assert not is_transient(rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
+
+
 def test_zero_deadline_tries_once() -> None:
     clock = FakeClock()
     with pytest.raises(CacheUnavailable):

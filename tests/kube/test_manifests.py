@@ -197,7 +197,7 @@ def test_redis_conf_and_auth_include_are_accepted_by_redis(
                 assert time.monotonic() < deadline, "redis-server did not start within 20 s"
                 time.sleep(0.05)
         client = redis.Redis(port=port, password=password)
-        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
         assert int(client.config_get("maxmemory")["maxmemory"]) == 3 * 1024**3
         assert client.config_get("masterauth")["masterauth"] == password
         assert client.info("cluster")["cluster_enabled"] == 1
