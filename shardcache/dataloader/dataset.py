@@ -378,7 +378,7 @@ def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | No
 
 
 def _check_prefetch_transform(transform: Callable[[Any], Any], manifest: Manifest) -> None:
-    from ..prefetcher.transform import transform_id
+    from ..source.transform import transform_id
 
     given = transform_id(transform)
     if given != manifest.transform_id:

@@ -86,7 +86,7 @@ class ShardSource:
         return exc
 
     def _rebuild(self, index: int, *, writable: bool) -> pa.Table:
-        from ..prefetcher.rebuild import rebuild_shard  # the prefetcher's readers load lazily
+        from ..source.rebuild import rebuild_shard  # the source readers load lazily
 
         manifest = self.manifest
         table, payload = rebuild_shard(manifest, index, transform=self.prefetch_transform)  # checked: see the doc

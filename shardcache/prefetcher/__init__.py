@@ -10,7 +10,7 @@ of an unchanged, cached source is a no-op; a killed run resumes where it stopped
 :func:`read_source_shard` rebuilds any shard from the source, byte for byte.
 """
 
-from .rebuild import read_source_shard
+from ..source.rebuild import read_source_shard
 from .report import PrefetchReport, Progress, ShardFailure
 from .run import prefetch, run_prefetch
 

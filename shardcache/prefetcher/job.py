@@ -22,13 +22,13 @@ from ..cache.codec import encode_table
 from ..cache.keys import KeySpace
 from ..cache.manifest import FileIdentity, Manifest, ShardInfo, SourceSegment, SourceSpec
 from ..errors import ConfigError, SourceError
-from .formats import Layout, describe_tabular, detect_format
+from ..source.filesystem import FileEntry, list_files, public_options, redact_uri, resolve, split_glob, to_uri
+from ..source.formats import Layout, describe_tabular, detect_format
+from ..source.rawfiles import describe_files
+from ..source.rebuild import build_shard, open_reader
+from ..source.transform import Transform, transform_id
+from ..source.version import fingerprint
 from .plan import PlannedShard, plan_shards, target_bytes
-from .rawfiles import describe_files
-from .rebuild import build_shard, open_reader
-from .source import FileEntry, _split_glob, list_files, public_options, redact_uri, resolve, to_uri
-from .transform import Transform, transform_id
-from .version import fingerprint
 
 __all__ = ["Planned", "Source", "open_source", "plan_manifest", "version_id"]
 
@@ -71,7 +71,7 @@ def open_source(
         uri = path  # a local path, made absolute, so loaders elsewhere resolve the same files
     files = list_files(fs, path, uri=uri)
     name, files = detect_format(files, fmt, uri=uri)
-    return Source(uri=uri, fs=fs, root=_split_glob(path)[0], fmt=name, files=files, fs_public=public)
+    return Source(uri=uri, fs=fs, root=split_glob(path)[0], fmt=name, files=files, fs_public=public)
 
 
 def version_id(

@@ -4,7 +4,7 @@ Pieces (runs of rows with an estimated size, in source order) are cut into shard
 of at most ``target_bytes``, keeping source order; a shard may span files, so it
 records one :class:`~shardcache.cache.SourceSegment` per file it touches.
 
->>> from shardcache.prefetcher.formats import Piece
+>>> from shardcache.source.formats import Piece
 >>> shards = plan_shards([Piece("a", 0, 10, 1000), Piece("b", 0, 10, 1000)], target_bytes=600)
 >>> [(s.rows, [(g.uri, g.row_start, g.row_stop) for g in s.segments]) for s in shards]
 [(6, [('a', 0, 6)]), (6, [('a', 6, 10), ('b', 0, 2)]), (6, [('b', 2, 8)]), (2, [('b', 8, 10)])]
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from ..cache.manifest import SourceSegment
 from ..errors import SourceError
+from ..source.formats import Piece
 from ..units import format_bytes
-from .formats import Piece
 
 __all__ = ["PlannedShard", "plan_shards", "redis_bytes", "target_bytes"]
 

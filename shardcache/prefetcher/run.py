@@ -33,16 +33,16 @@ from ..errors import (
     ShardCacheError,
     SourceError,
 )
+from ..source.filesystem import list_files
+from ..source.identity import changed_error, what_changed
+from ..source.rebuild import build_shard, encode_shard, open_reader
+from ..source.transform import Transform
 from ..units import format_bytes, parse_size
-from .identity import changed_error, what_changed
 from .job import Source, open_source, plan_manifest, version_id
 from .order import load_order
 from .pipeline import Done, WritePipeline
 from .plan import redis_bytes
-from .rebuild import build_shard, encode_shard, open_reader
 from .report import PrefetchReport, Progress, ProgressCallback, ShardFailure
-from .source import list_files
-from .transform import Transform
 
 __all__ = ["prefetch", "run_prefetch"]
 

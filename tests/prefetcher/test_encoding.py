@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from shardcache.cache import encode_table
-from shardcache.prefetcher.formats import Piece
 from shardcache.prefetcher.plan import plan_shards, redis_bytes, target_bytes
-from shardcache.prefetcher.rebuild import canonical, encode_shard
-from shardcache.prefetcher.transform import transform_id
+from shardcache.source.formats import Piece
+from shardcache.source.rebuild import canonical, encode_shard
+from shardcache.source.transform import transform_id
 
 TABLE = pa.table({
     "i": pa.array(range(20), pa.int64()),

@@ -32,13 +32,16 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError, SourceError
-from .source import FileEntry
+from .filesystem import FileEntry
 
 __all__ = [
     "FORMATS",
+    "DatasetReader",
     "Layout",
     "Piece",
     "RowReader",
+    "conform",
+    "describe_tabular",
     "detect_format",
     "plain_schema",
     "schema_from_text",

@@ -24,10 +24,10 @@ import pyarrow.fs as pafs
 from ..cache.codec import checksum, encode_table
 from ..cache.manifest import Manifest, SourceSegment, SourceSpec
 from ..errors import ConfigError, ShardMissing, SourceError
+from .filesystem import path_of, resolve, split_glob
 from .formats import DatasetReader, RowReader, conform, schema_from_text
 from .identity import changed_error, changed_files
 from .rawfiles import FilesReader
-from .source import _split_glob, path_of, resolve
 from .transform import Transform, apply_transform, transform_id
 
 __all__ = [
@@ -55,7 +55,7 @@ def open_reader(
     """A reader of the source described by ``spec`` (filesystem options from the spec,
     credentials from ``fs_options`` or the environment)."""
     fs, path = _resolve(spec, filesystem=filesystem, fs_options=fs_options)
-    root = _split_glob(path)[0]
+    root = split_glob(path)[0]
     if spec.format == "files":
         return FilesReader(fs=fs, root=root, label=bool(spec.options.get("label", False)))
     try:

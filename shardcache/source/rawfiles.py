@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..errors import SourceError
+from .filesystem import FileEntry
 from .formats import Layout, Piece
-from .source import FileEntry
 
 __all__ = ["FilesReader", "describe_files", "files_schema"]
 

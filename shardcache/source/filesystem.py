@@ -29,7 +29,8 @@ import pyarrow.fs as pafs
 from ..errors import ConfigError, SourceError
 
 __all__ = [
-    "FileEntry", "list_files", "normalize_options", "path_of", "public_options", "redact_uri", "resolve", "to_uri",
+    "FileEntry", "list_files", "normalize_options", "path_of", "public_options", "redact_uri", "resolve",
+    "split_glob", "to_uri",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -171,7 +172,7 @@ def to_uri(uri: str, root: str, path: str) -> str:
 
 
 def path_of(uri: str) -> str:
-    """The path inside its filesystem of a segment URI written by the prefetcher."""
+    """The path inside its filesystem of a segment URI recorded in a manifest."""
     scheme = _scheme(uri)
     if scheme in ("", "file"):
         return urlsplit(uri).path if scheme else uri
@@ -185,7 +186,7 @@ def path_of(uri: str) -> str:
     return str(fsspec.core.url_to_fs(uri)[1])
 
 
-def _split_glob(path: str) -> tuple[str, str | None]:
+def split_glob(path: str) -> tuple[str, str | None]:
     """``(base directory, pattern)``; pattern is None when ``path`` has no glob characters."""
     parts = path.split("/")
     for i, part in enumerate(parts):
@@ -206,7 +207,7 @@ def list_files(fs: pafs.FileSystem, path: str, *, uri: str) -> list[FileEntry]:
     :class:`SourceError` naming ``uri`` when nothing is there.
     """
     shown = redact_uri(uri)
-    base, pattern = _split_glob(path)
+    base, pattern = split_glob(path)
     try:
         info = fs.get_file_info(base)
         if pattern is None and info.type == pafs.FileType.File:

@@ -5,7 +5,7 @@ object stores set on every write), or when an option that changes the shards doe
 (format, columns, shard size, compression, transform). Listing the source is enough
 to compute it; no data is read.
 
->>> from shardcache.prefetcher.source import FileEntry
+>>> from shardcache.source.filesystem import FileEntry
 >>> v = fingerprint([FileEntry("/d/a.parquet", 10, 1)], {"format": "parquet"})
 >>> len(v), v == fingerprint([FileEntry("/d/a.parquet", 10, 1)], {"format": "parquet"})
 (16, True)
@@ -19,7 +19,7 @@ from typing import Any
 
 import xxhash
 
-from .source import FileEntry
+from .filesystem import FileEntry
 
 __all__ = ["fingerprint"]
 

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from ..cache.manifest import FileIdentity, Manifest
 from ..errors import SourceError
-from .source import path_of
+from .filesystem import path_of
 
 __all__ = ["changed_files", "what_changed"]
 
