@@ -29,9 +29,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..cache import Manifest, ShardCache, connect
 from ..cache.keys import check_dataset_name
 from ..errors import CacheUnavailable, ConfigError
+from ..sampling import default_window
 from .checks import check_bool, check_callable, check_int, check_seconds, check_size
 from .plan import EpochPlan, PlanSegment
-from .shuffle import default_window
 from .spec import IterSpec, SharedSpec
 from .tensors import BufferPool, column_specs
 from .worker import iterate_batches

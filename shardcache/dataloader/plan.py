@@ -3,8 +3,9 @@
 Sample ``(shard, row)`` has the flat id ``offsets[shard] + row``. For one ``(seed, epoch)``:
 
 1. the shards are put in a seeded random order and the rows of each shard are permuted;
-2. that stream is cut into ``world_size`` contiguous parts, so each shard is fetched by one rank
-   only; a shard straddling a part boundary is fetched by those two neighbouring ranks;
+2. that stream is cut into ``world_size`` contiguous parts (:func:`shardcache.sampling.partition`, the
+   split the prefetcher's ``epoch0`` order predicts), so each shard is fetched by one rank only; a
+   shard straddling a part boundary is fetched by those two neighbouring ranks;
 3. inside each part, each block of ``window`` consecutive samples (default four shards' worth,
    ``4 * ceil(mean rows)``) is shuffled, so a batch mixes rows of about ``window / mean_rows + 1``
    shards instead of one.
@@ -41,8 +42,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
+from ..sampling import IdArray, default_window, partition, row_offsets, shard_stream, window_shuffle
 from .checks import check_bool, check_int
-from .shuffle import IdArray, default_window, row_offsets, shard_stream, window_shuffle
 
 __all__ = ["EpochPlan", "PlanSegment", "remaining_stream", "resume_point"]
 
@@ -92,13 +93,12 @@ class _Layout(NamedTuple):
 
 
 def _layout(total: int, world_size: int, batch_size: int, drop_last: bool) -> _Layout:
-    quotient, rest = divmod(total, world_size)
-    ranks = np.arange(world_size + 1, dtype=np.int64)
-    bounds = ranks * quotient + np.minimum(ranks, rest)
+    bounds = partition(total, world_size=world_size)
+    # Part 0 is the longest and the last part the shortest (their sizes differ by at most one).
     if drop_last:
-        num_batches = quotient // batch_size
+        num_batches = int(bounds[-1] - bounds[-2]) // batch_size
         return _Layout(bounds, num_batches * batch_size, num_batches)
-    per_rank = quotient + (rest > 0)
+    per_rank = int(bounds[1] - bounds[0])
     return _Layout(bounds, per_rank, -(-per_rank // batch_size))
 
 

@@ -21,10 +21,10 @@ from torch.utils.data import get_worker_info
 
 from ..cache import Lease
 from ..errors import AccessDenied, CacheUnavailable, ManifestCorrupted, ShardCacheError
+from ..sampling import row_offsets
 from .inplace import InPlace, Use
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
-from .shuffle import row_offsets
 from .slots import SlotClaim, worker_pool
 from .source import ShardSource
 from .spec import IterSpec

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..sampling import partition, row_offsets, shard_stream
 
 __all__ = ["ORDERS", "load_order"]
 
@@ -35,15 +36,10 @@ def load_order(rows: Sequence[int], *, order: str, seed: int = 0, world_size: in
         raise ConfigError(f"seed={seed!r} must be an integer >= 0, the loader's seed")
     if order == "source" or not rows:
         return list(range(len(rows)))
-    # Imported here: the dataloader package pulls in torch, which the prefetcher never needs.
-    from ..dataloader.shuffle import row_offsets, shard_stream
-
     stream = shard_stream(rows, seed=seed, epoch=0)
     shard_of = np.searchsorted(row_offsets(rows), stream, side="right") - 1
-    # Part r of the stream is what rank r reads (the loader cuts it into contiguous parts).
-    quotient, rest = divmod(len(stream), world_size)
-    ranks = np.arange(world_size + 1, dtype=np.int64)
-    bounds = ranks * quotient + np.minimum(ranks, rest)
+    # Part r of the stream is what rank r reads: the loader's plan cuts it with the same partition().
+    bounds = partition(len(stream), world_size=world_size)
     per_rank = []
     for r in range(world_size):
         part = shard_of[bounds[r] : bounds[r + 1]]

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardcache.dataloader.plan import EpochPlan, PlanSegment, remaining_stream, resume_point
-from shardcache.dataloader.shuffle import default_window, row_offsets
 from shardcache.errors import ConfigError
+from shardcache.sampling import default_window, row_offsets
 
 # Uneven shards, one-row shards, empty shards, and totals below world_size * batch_size.
 ROWS = [

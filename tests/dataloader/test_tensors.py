@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from shardcache.dataloader.plan import EpochPlan
-from shardcache.dataloader.shuffle import row_offsets
 from shardcache.dataloader.tensors import ROW_COPY_BYTES, BatchBuilder, BufferPool, column_specs, row_runs
 from shardcache.dataloader.worker import batch_groups, chunk_batches, shard_schedule, worker_batches
 from shardcache.errors import ConfigError
+from shardcache.sampling import row_offsets
 
 
 def shard(rows: int, start: int) -> pa.Table:

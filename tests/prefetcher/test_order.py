@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from shardcache.cache import ShardCache
-from shardcache.dataloader.shuffle import row_offsets, shard_stream
 from shardcache.prefetcher import Progress, run_prefetch
 from shardcache.prefetcher.order import load_order
+from shardcache.sampling import row_offsets, shard_stream
 
 from .conftest import cached_ids, write_parquet_files
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["default_window", "row_offsets", "shard_stream", "window_shuffle"]
+__all__ = ["IdArray", "default_window", "row_offsets", "shard_stream", "window_shuffle"]
 
 IdArray = npt.NDArray[np.int64]
 
