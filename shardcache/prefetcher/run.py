@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,26 +21,19 @@ import pyarrow.fs as pafs
 
 from ..cache.codec import validate_compression
 from ..cache.keys import check_dataset_name
-from ..cache.locks import DatasetLock, delete_if_held
+from ..cache.locks import DatasetLock
 from ..cache.manifest import Manifest, ShardInfo
-from ..cache.store import Capacity, ShardCache, connect
-from ..errors import (
-    CapacityExceeded,
-    ConfigError,
-    DatasetLocked,
-    DatasetNotFound,
-    ShardCacheError,
-    SourceError,
-)
-from ..source.filesystem import list_files
-from ..source.identity import changed_error, what_changed
+from ..cache.store import ShardCache, connect
+from ..errors import CapacityExceeded, ConfigError, DatasetNotFound, ShardCacheError, SourceError
 from ..source.rebuild import build_shard, encode_shard, open_reader
 from ..source.transform import Transform
-from ..units import format_bytes, parse_size
+from ..units import parse_size
+from .capacity import fit
+from .guard import ListingGuard
 from .job import Source, open_source, plan_manifest, version_id
+from .lock import take_lock
 from .order import load_order
 from .pipeline import Done, WritePipeline
-from .plan import redis_bytes
 from .report import PrefetchReport, Progress, ProgressCallback, ShardFailure
 
 __all__ = ["prefetch", "run_prefetch"]
@@ -49,15 +41,9 @@ __all__ = ["prefetch", "run_prefetch"]
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 4  # one SET in flight per primary of a 3-node cluster, and one more
-LOCK_TTL = 15.0  # seconds a killed prefetcher on another host blocks the next one
 MIN_INFLIGHT = 64 * 1024 * 1024
 # Source batches hold this many shards' rows: a shard spanning two batches costs a copy.
 BATCH_SHARDS = 8
-MANIFEST_HEADROOM = 256 * 1024  # the done records and allocator slack beside the manifest
-_NOT_COMMITTED = (
-    "the version is not committed (it stays 'loading'): run the prefetch again once the source stops "
-    "changing; it makes a new version from the files as they are then"
-)
 
 
 def prefetch(
@@ -193,7 +179,7 @@ def run_prefetch(
         existing = _stored(store, dataset, version)
         if existing is not None and existing.complete and not job.todo(existing):
             return job.finish(existing, started, noop=True)
-        with _take_lock(store, dataset, wait=wait) as lock:
+        with take_lock(store, dataset, wait=wait) as lock:
             existing = _stored(store, dataset, version)  # another prefetcher may have finished meanwhile
             if existing is None:
                 planned = plan_manifest(
@@ -224,7 +210,7 @@ def run_prefetch(
                 report.state = "loading"
                 return job.finish(manifest, started)
             if left_out or not manifest.complete or report.written:
-                job.check_listing(manifest)  # the same version id must always mean the same bytes
+                job.guard.check_listing(manifest)  # the same version id must always mean the same bytes
                 manifest = job.commit(manifest, lock)
             return job.finish(manifest, started)
     finally:
@@ -251,8 +237,7 @@ class _Job:
         self.fs_options = fs_options
         self._bytes_total = 0
         self._written: list[int] = []  # shards this run wrote, in the order they landed
-        self._listed = {src.uri_of(f.path): f for f in src.files}
-        self._checked: set[str] = set()  # files found unchanged when this run first read them
+        self.guard = ListingGuard(src)
 
     # -- what is there ---------------------------------------------------------------
 
@@ -265,51 +250,9 @@ class _Job:
         self, manifest: Manifest, todo: list[int], estimates: Sequence[int], *, new: bool
     ) -> tuple[list[int], list[int]]:
         """``(shards to load, shards left uncached)``; raises CapacityExceeded unless allow_partial."""
-        if not todo:
-            return todo, []
-        chunk = self.store.chunk_size
-        costs = [redis_bytes(estimates[i], chunk_size=chunk) for i in todo]
-        manifest_bytes = len(manifest.to_json()) * 2
-        needed = sum(costs) + (manifest_bytes if new else 0)
-        capacity = self.store.capacity()
-        free = capacity.free
-        if self.allow_partial:
-            return self._what_fits(manifest, todo, costs, capacity, manifest_bytes)
-        if needed <= free:
-            return todo, []
-        raise CapacityExceeded(
-            f"dataset {manifest.name!r} needs about {format_bytes(needed)} in Redis ({len(todo)} shards) but "
-            f"only {format_bytes(free)} is free; free space with `shardcache rm`, raise maxmemory, add "
-            "nodes, or pass allow_partial (--allow-partial) to cache what fits",
-            needed=needed, available=free,
-        )
-
-    def _what_fits(
-        self, manifest: Manifest, todo: list[int], costs: list[int], capacity: Capacity, manifest_bytes: int
-    ) -> tuple[list[int], list[int]]:
-        """Under allow_partial: the shards that fit, node by node, in load order.
-
-        Shards spread over the primaries by hash slot, so one node can fill while the
-        others have room; a cluster-wide budget would let that node run out mid-load and
-        then refuse the manifest at commit. So each node gets its own budget, and the
-        node that holds the manifest keeps room for it.
-        """
-        budget = {n.node: n.free for n in capacity.nodes}
-        meta = self.store.node_of(self.store.keys.manifest(manifest.name, manifest.version))
-        if meta in budget:
-            budget[meta] -= manifest_bytes + MANIFEST_HEADROOM
-        load, skip = [], []
-        for index, cost in zip(todo, costs, strict=True):
-            node = self.store.node_of(manifest.shards[index].key)
-            if node is not None and budget.get(node, 0) >= cost:
-                budget[node] -= cost
-                load.append(index)
-            else:
-                skip.append(index)
-        if skip:
-            log.warning("dataset %r: %d of %d shards fit in the %s free; the rest stay uncached (allow_partial)",
-                        manifest.name, len(load), len(todo), format_bytes(capacity.free))
-        self.report.uncached = len(skip)
+        load, skip = fit(self.store, manifest, todo, estimates, new=new, allow_partial=self.allow_partial)
+        if self.allow_partial and todo:
+            self.report.uncached = len(skip)
         return load, skip
 
     def commit(self, manifest: Manifest, lock: DatasetLock) -> Manifest:
@@ -369,7 +312,7 @@ class _Job:
                 if fatal is not None:
                     break
                 lock.check()
-                self.check_files(manifest, index)
+                self.guard.check_shard(manifest, index)
                 payload = self._encode(reader, manifest, index)
                 if payload is None:
                     continue
@@ -398,44 +341,13 @@ class _Job:
                 raise SourceError(f"read {table.num_rows} rows, the plan says {shard.rows}; the source changed")
             return encode_shard(table, compression=manifest.compression)
         except Exception as exc:  # a bad file or a transform bug fails this shard, not the run
-            self.check_files(manifest, index, again=True)  # ...but a file changed since listing fails the run
+            self.guard.check_shard(manifest, index, again=True)  # ...but a file changed since listing fails the run
             where = getattr(exc, "uri", None) or (shard.source[0].uri if shard.source else self.src.uri)
             reason = str(exc) if isinstance(exc, ShardCacheError) else f"{type(exc).__name__}: {exc}"
             log.warning("shard %d of %r failed: %s", index, manifest.name, reason)
             self.report.failed.append(ShardFailure(shard=index, source=str(where), reason=" ".join(reason.split())))
             self._emit()
             return None
-
-    # -- the source must stay what was listed ------------------------------------------------
-
-    def check_files(self, manifest: Manifest, index: int, *, again: bool = False) -> None:
-        """Raise SourceError if a file of shard ``index`` differs from the listing (each file is
-        checked when first read; ``again`` checks them all once more, after a failed read)."""
-        for segment in manifest.shards[index].source:
-            entry = self._listed.get(segment.uri)
-            if entry is None or (segment.uri in self._checked and not again):
-                continue
-            how = what_changed(self.src.fs, entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
-            if how is not None:
-                raise changed_error([(segment.uri, how)], dataset=manifest.name, version=manifest.version,
-                                    shard=index, fix=_NOT_COMMITTED)
-            self._checked.add(segment.uri)
-
-    def check_listing(self, manifest: Manifest) -> None:
-        """Raise SourceError unless every listed file still has its listed size and mtime: a file
-        replaced after it was read would otherwise commit its old rows beside its new ones."""
-        now = {e.path: e for e in list_files(self.src.fs, self.src.root, uri=self.src.uri)}
-        changes = []
-        for uri, entry in self._listed.items():
-            current = now.get(entry.path)
-            if current is None:
-                changes.append((uri, "is gone"))
-            elif (current.size, current.mtime_ns) != (entry.size, entry.mtime_ns):
-                how = what_changed(self.src.fs, entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
-                changes.append((uri, how or "was rewritten"))
-        if changes:
-            raise changed_error(changes, dataset=manifest.name, version=manifest.version, shard=None,
-                                fix=_NOT_COMMITTED)
 
     def _collect(self, done: Iterable[Done], shards: list[ShardInfo]) -> BaseException | None:
         fatal = None
@@ -479,40 +391,6 @@ class _Job:
         r.seconds = time.monotonic() - started
         log.info("%s", r.summary())
         return r
-
-
-def _take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
-    """The writer lock; a lock left by a dead process on this host is taken over at once.
-
-    A prefetcher killed with SIGKILL cannot release its lock, which then lives until its
-    TTL passes. When the holder ran on this host and its process is gone, waiting would
-    only delay the re-run, so the stale lock is removed (compare-and-delete).
-    """
-    try:
-        return store.lock(dataset, wait=0.0, ttl=LOCK_TTL)
-    except DatasetLocked:
-        holder = store.call("GET", store.keys.lock(dataset))
-        text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder or "")
-        if _dead_local_holder(text):
-            log.warning("dataset %r: the lock of dead prefetcher %s is taken over", dataset, text)
-            delete_if_held(store.call, store.keys.lock(dataset), text)
-        elif wait <= 0:
-            raise
-    return store.lock(dataset, wait=wait, ttl=LOCK_TTL)
-
-
-def _dead_local_holder(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
 
 
 def _columns(columns: Sequence[str] | None) -> list[str] | None:

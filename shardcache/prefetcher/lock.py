@@ -1,0 +1,51 @@
+"""The dataset's writer lock for a prefetch, taken over at once from a dead prefetcher on this host."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from ..cache.locks import DatasetLock, delete_if_held
+from ..cache.store import ShardCache
+from ..errors import DatasetLocked
+
+__all__ = ["LOCK_TTL", "take_lock"]
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL = 15.0  # seconds a killed prefetcher on another host blocks the next one
+
+
+def take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
+    """The writer lock; a lock left by a dead process on this host is taken over at once.
+
+    A prefetcher killed with SIGKILL cannot release its lock, which then lives until its
+    TTL passes. When the holder ran on this host and its process is gone, waiting would
+    only delay the re-run, so the stale lock is removed (compare-and-delete).
+    """
+    try:
+        return store.lock(dataset, wait=0.0, ttl=LOCK_TTL)
+    except DatasetLocked:
+        holder = store.call("GET", store.keys.lock(dataset))
+        text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder or "")
+        if _dead_local_holder(text):
+            log.warning("dataset %r: the lock of dead prefetcher %s is taken over", dataset, text)
+            delete_if_held(store.call, store.keys.lock(dataset), text)
+        elif wait <= 0:
+            raise
+    return store.lock(dataset, wait=wait, ttl=LOCK_TTL)
+
+
+def _dead_local_holder(token: str) -> bool:
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
