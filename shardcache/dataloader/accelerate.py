@@ -130,7 +130,8 @@ def adopt(loader: Any) -> bool:
                 "(DataLoaderConfiguration) and give the per-process batch size to CachedDataLoader"
             )
         config = accelerator.parallelism_config
-        if config is not None and (config.tp_enabled or config.cp_enabled) and loader.cached_dataset._rank_arg is None:
+        given = loader.cached_dataset.given_ranks
+        if config is not None and (config.tp_enabled or config.cp_enabled) and given is None:
             raise ConfigError(
                 "with tensor or context parallelism the ranks of one data-parallel group must read the same batches; "
                 "pass rank= and world_size= of the data-parallel group to CachedDataset"
@@ -140,7 +141,7 @@ def adopt(loader: Any) -> bool:
         stateful = bool(accelerator.use_stateful_dataloader)
     ranks = loader.cached_dataset.ranks()
     processes = (state.process_index, state.num_processes)
-    if loader.cached_dataset._rank_arg is None and ranks != processes:
+    if loader.cached_dataset.given_ranks is None and ranks != processes:
         raise ConfigError(
             f"this CachedDataLoader reads as rank {ranks[0]} of {ranks[1]} (torch.distributed), but Accelerate runs "
             f"process {processes[0]} of {processes[1]}: pass rank= and world_size= to CachedDataset"

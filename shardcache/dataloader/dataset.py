@@ -31,6 +31,7 @@ from ..cache.keys import check_dataset_name
 from ..errors import CacheUnavailable, ConfigError
 from ..sampling import default_window
 from .checks import check_bool, check_callable, check_int, check_seconds, check_size
+from .context import ReadContext
 from .plan import EpochPlan, PlanSegment
 from .spec import IterSpec, SharedSpec
 from .tensors import BufferPool, column_specs
@@ -170,13 +171,25 @@ class CachedDataset(IterableDataset[Any]):
         if self.batch_size is not None and self._owner is None:  # a loader publishes its own spec
             self._shared.publish(self.spec())
 
-    def ranks(self) -> tuple[int, int]:
-        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
+    @property
+    def given_ranks(self) -> tuple[int, int] | None:
+        """``(rank, world_size)`` as given to the constructor, or None: they follow ``torch.distributed``."""
         if self._rank_arg is not None and self._world_size_arg is not None:
             return self._rank_arg, self._world_size_arg
+        return None
+
+    def ranks(self) -> tuple[int, int]:
+        """``(rank, world_size)``: as given, else from ``torch.distributed``, else ``(0, 1)``."""
+        if self.given_ranks is not None:
+            return self.given_ranks
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
+
+    @property
+    def window(self) -> int | None:
+        """The shuffle window given to the constructor, or None for the default (see ``window_for``)."""
+        return self._window_arg
 
     def window_for(self, batch_size: int) -> int:
         """The shuffle window used with ``batch_size`` (see the class docstring)."""
@@ -271,6 +284,19 @@ class CachedDataset(IterableDataset[Any]):
             self._output_pool = BufferPool()
         return self._output_pool
 
+    def read_context(self, spec: IterSpec, *, in_worker: bool) -> ReadContext:
+        """What the worker reads to iterate ``spec`` (see ``context.py``), as this dataset stands now.
+
+        Built in the process that reads, from its own copy of the dataset; ``in_worker`` leaves out the
+        main process's output buffers."""
+        return ReadContext(
+            cache=self.cache, manifest=self.manifest, columns=self.column_specs, plan=self.plan(spec),
+            shard_nbytes=tuple(self.shard_nbytes), readahead=self.readahead_bytes(spec.window),
+            read_threads=self.read_threads, transform=self.transform, read_through=self.read_through,
+            write_back=self.write_back, prefetch_transform=self.prefetch_transform, lease_ttl=self.lease_ttl,
+            output_pool=None if in_worker else self.output_pool(),
+        )  # fmt: skip
+
     def refresh(self) -> None:
         """Re-read a still-loading manifest, so that shards written since are read from the cache."""
         if self.manifest.state != "loading":
@@ -313,7 +339,7 @@ class CachedDataset(IterableDataset[Any]):
         info = get_worker_info()
         if info is None:
             spec = self._active if self._active is not None else self.spec()
-            return iterate_batches(self, spec, worker=0, num_workers=1)
+            return self._batches(spec, worker=0, num_workers=1, in_worker=False)
         shared = self._shared.read()
         if shared is None:
             raise ConfigError(
@@ -326,7 +352,12 @@ class CachedDataset(IterableDataset[Any]):
                 "dataset feeds a CachedDataLoader, whose workers it serves: iterate that CachedDataLoader, or "
                 "build another CachedDataset (with batch_size=) for this DataLoader and pass batch_size=None to it"
             )
-        return iterate_batches(self, shared, worker=info.id, num_workers=info.num_workers)
+        return self._batches(shared, worker=info.id, num_workers=info.num_workers, in_worker=True)
+
+    def _batches(self, spec: IterSpec, *, worker: int, num_workers: int, in_worker: bool) -> Iterator[Any]:
+        # The context is built on the first next(), as the iteration starts reading.
+        context = self.read_context(spec, in_worker=in_worker)
+        yield from iterate_batches(context, spec, worker=worker, num_workers=num_workers)
 
     def _check_caller(self, frame: Any) -> bool:
         """Whether ``frame`` (the caller of ``__iter__``) is a CachedDataLoader's fetcher; raises ConfigError

@@ -242,7 +242,8 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         ds = self.cached_dataset
         ds.refresh()
         run = self._next_run()
-        lease = take_lease(ds)  # first: a refused lease (AccessDenied) keeps a loaded resume point
+        # First: a refused lease (AccessDenied) keeps a loaded resume point.
+        lease = take_lease(ds.cache, ds.name, ds.version, ttl=ds.lease_ttl)
         self._resume = None
         self._consumed = run.spec.start
         ds.activate(run.spec)
@@ -353,10 +354,9 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         else:
             parsed = LoaderState.from_dict(state, identity=identity)
         ds = self.cached_dataset
-        window_arg = ds.window_for(self.batch_size) if ds._window_arg is not None else None  # type: ignore[arg-type]
-        if window_arg is not None and window_arg != parsed.window:
+        if ds.window is not None and ds.window != parsed.window:
             raise ConfigError(
-                f"the state dict was saved with window={parsed.window}, this dataset has window={window_arg}: "
+                f"the state dict was saved with window={parsed.window}, this dataset has window={ds.window}: "
                 "build the dataset with the same window (or window=None)"
             )
         rank, world_size = ds.ranks()

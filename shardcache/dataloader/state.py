@@ -21,12 +21,14 @@ from typing import Any
 import xxhash
 
 from ..errors import ConfigError
+from .checks import check_int
 from .plan import PlanSegment
 
 __all__ = ["STATE_FORMAT", "LoaderState", "merge_rank_states", "rows_digest", "segment_from_dict", "segment_to_dict"]
 
 STATE_FORMAT = 1
 _IDENTITY = ("dataset", "version", "seed", "shuffle", "rows")
+_AS_SAVED = "pass what state_dict() returned"
 
 
 def segment_to_dict(segment: PlanSegment) -> dict[str, Any]:
@@ -122,15 +124,19 @@ class LoaderState:
 
     def _check(self) -> None:
         for name in ("window", "epoch", "world_size", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epoch" else 1):
-                raise ConfigError(f"the state dict's {name}={value!r} is invalid: pass what state_dict() returned")
-        if self.rank is not None and not (isinstance(self.rank, int) and 0 <= self.rank < self.world_size):
-            raise ConfigError(f"the state dict's rank={self.rank!r} is not in 0..{self.world_size - 1}")
-        if self.rank is None:
+            minimum = 0 if name == "epoch" else 1
+            value = check_int(f"the state dict's {name}", getattr(self, name), minimum=minimum, fix=_AS_SAVED)
+            object.__setattr__(self, name, value)
+        if self.rank is not None:
+            fix = f"it is not in 0..{self.world_size - 1}; {_AS_SAVED}"
+            if check_int("the state dict's rank", self.rank, minimum=0, fix=fix) >= self.world_size:
+                raise ConfigError(f"the state dict's rank={self.rank!r} is invalid: {fix}")
+            object.__setattr__(self, "rank", int(self.rank))
+            fix = f"it is not a batch count; {_AS_SAVED}"
+            consumed = check_int("the state dict's consumed", self.consumed[0], minimum=0, fix=fix)
+            object.__setattr__(self, "consumed", (consumed,))
+        else:
             self.segment  # noqa: B018 -- validates one count per rank
-        elif any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in self.consumed):
-            raise ConfigError(f"the state dict's consumed={self.consumed[0]!r} is not a batch count")
 
 
 def merge_rank_states(states: Sequence[LoaderState]) -> LoaderState:

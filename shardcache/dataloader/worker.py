@@ -14,14 +14,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from ..cache import Lease
+from ..cache import Lease, ShardCache
 from ..errors import AccessDenied, CacheUnavailable, ManifestCorrupted, ShardCacheError
 from ..sampling import row_offsets
+from .context import ReadContext
 from .inplace import InPlace, Use
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
@@ -30,9 +31,6 @@ from .source import ShardSource
 from .spec import IterSpec
 from .stats import Counters
 from .tensors import BatchBuilder, ShardViews
-
-if TYPE_CHECKING:
-    from .dataset import CachedDataset
 
 __all__ = [
     "TaggedBatch",
@@ -171,17 +169,17 @@ class _Groups:
         return known if known is not None else batch_groups(self._plan, self._offsets, self._batches[pos])
 
 
-def take_lease(ds: CachedDataset) -> Lease | None:
+def take_lease(cache: ShardCache, name: str, version: str, *, ttl: float) -> Lease | None:
     """A reader's lease on the version, or None when the node holding it cannot be reached: reading goes on
     (shards are read through), and ``rm`` cannot run on that dataset either while its node is down. Or None
     when the lease key holds something else than a lease set (ManifestCorrupted): the reader carries on
     with a warning that names the key and the fix, since training need not stop for it."""
     try:
-        return ds.cache.lease(ds.name, ds.version, ttl=ds.lease_ttl)
+        return cache.lease(name, version, ttl=ttl)
     except AccessDenied:
         raise  # a missing ACL rule is the user's to fix, not a node to wait out
     except (CacheUnavailable, ManifestCorrupted) as exc:
-        log.warning("reading %r without a reader lease: %s", ds.name, exc)
+        log.warning("reading %r without a reader lease: %s", name, exc)
         return None
 
 
@@ -195,9 +193,10 @@ def drop_lease(lease: Lease | None, name: str) -> None:
         log.warning("could not release the reader lease of %r (it expires by itself): %s", name, exc)
 
 
-def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_workers: int) -> Iterator[Any]:
-    """Batches of ``spec`` that ``worker`` of ``num_workers`` builds (TaggedBatch when ``spec.tagged``)."""
-    plan = ds.plan(spec)
+def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Iterator[Any]:
+    """Batches of ``spec`` that ``worker`` of ``num_workers`` builds (TaggedBatch when ``spec.tagged``);
+    ``ctx`` is the dataset's side of the iteration (its plan of ``spec``, the cache, the columns ...)."""
+    plan = ctx.plan
     mine = worker_batches(plan.num_batches, start=spec.start, chunk=spec.chunk, worker=worker, num_workers=num_workers)
     if not len(mine):
         return
@@ -205,19 +204,19 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
     counters = Counters()
     # Only tagged batches carry the claim that lets the main process hand a pool slot back.
     pooled = in_worker and spec.tagged and spec.pool_slots > 0
-    builder = BatchBuilder(ds.column_specs, dataset=ds.name, slots=worker_pool() if pooled else None,
-                           slot_limit=spec.pool_slots, pool=None if in_worker else ds.output_pool())  # fmt: skip
+    builder = BatchBuilder(ctx.columns, dataset=ctx.name, slots=worker_pool() if pooled else None,
+                           slot_limit=spec.pool_slots, pool=None if in_worker else ctx.output_pool)  # fmt: skip
     source = ShardSource(
-        cache=ds.cache, manifest=ds.manifest, counters=counters, read_through=ds.read_through,
-        write_back=ds.write_back, prefetch_transform=ds.prefetch_transform,
+        cache=ctx.cache, manifest=ctx.manifest, counters=counters, read_through=ctx.read_through,
+        write_back=ctx.write_back, prefetch_transform=ctx.prefetch_transform,
     )  # fmt: skip
 
-    schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
-    by_pos = _Groups(plan, row_offsets(ds.rows), mine.tolist())
+    schedule = shard_schedule(plan, mine, nbytes=ctx.shard_nbytes)
+    by_pos = _Groups(plan, row_offsets(plan.rows), mine.tolist())
     # An unshuffled read receives shards straight into their batches (see inplace.py); shuffled reads
     # (rows scatter over positions) and datasets without an image-sized column gather, with no work
     # added to their read path.
-    inplace = None if ds.shuffle else InPlace(builder, source)
+    inplace = None if plan.shuffle else InPlace(builder, source)
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}
@@ -231,9 +230,9 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
             uses.extend((pos, size, rows, positions) for shard, rows, positions in groups if shard == index)
         return inplace.load(index, uses)
 
-    lease = take_lease(ds) if spec.lease else None
-    threads = ds.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
-    ahead = ReadAhead(load, schedule, budget=ds.readahead_bytes(spec.window), threads=threads,
+    lease = take_lease(ctx.cache, ctx.name, ctx.version, ttl=ctx.lease_ttl) if spec.lease else None
+    threads = ctx.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
+    ahead = ReadAhead(load, schedule, budget=ctx.readahead, threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
     # While the first shards load, make the blocks of the first batches; receiving in place, of the whole
     # pool: batches are then filled ahead of the loop, and memory is at once what it settles at.
@@ -252,9 +251,9 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
             claim, reused = builder.take_claim()
             if reused:
                 counters.add(reused_buffers=reused)
-            if ds.transform is not None:
+            if ctx.transform is not None:
                 try:
-                    batch = ds.transform(batch)
+                    batch = ctx.transform(batch)
                 except BaseException:
                     builder.give_back(claim)  # the batch is never sent
                     raise
@@ -270,4 +269,4 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
         ahead.close()
         if inplace is not None:
             inplace.close()
-        drop_lease(lease, ds.name)
+        drop_lease(lease, ctx.name)
