@@ -73,8 +73,8 @@ from comparison.services import (  # noqa: E402
 from comparison.systems import NAMES, Context, build_systems  # noqa: E402
 
 from shardcache.cache import connect  # noqa: E402
-from shardcache.cache.local_cluster import find_server_binary  # noqa: E402
 from shardcache.errors import ConfigError, ShardCacheError  # noqa: E402
+from shardcache.localcluster import find_server_binary  # noqa: E402
 from shardcache.units import parse_size  # noqa: E402
 
 __all__ = ["main", "run"]

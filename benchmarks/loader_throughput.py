@@ -41,7 +41,7 @@ if str(_ROOT) not in sys.path:
 
 def free_block(n: int, lo: int = 40000, hi: int = 55000) -> int:
     """First of ``n`` consecutive free ports whose bus ports (+10000) are free too."""
-    from shardcache.cache.local_cluster import port_free
+    from shardcache.localcluster import port_free
 
     for base in random.sample(range(lo, hi - n, n), k=(hi - lo) // n - 1):
         if all(port_free(p) for p in [*range(base, base + n), *range(base + 10000, base + 10000 + n)]):
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
-    from shardcache.cache.local_cluster import LocalCluster
+    from shardcache.localcluster import LocalCluster
     from shardcache.prefetcher import prefetch
 
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:

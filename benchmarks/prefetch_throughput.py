@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import redis
 
 from shardcache.cache import connect, encode_table
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.errors import ConfigError
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import read_source_shard, run_prefetch
 
 ROW_BYTES = 110_000  # an image-like fixed-size binary value per row

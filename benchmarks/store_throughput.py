@@ -38,8 +38,8 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from shardcache.cache import Manifest, ShardCache, ShardInfo, connect, encode_table  # noqa: E402
-from shardcache.cache.local_cluster import LocalCluster, port_free  # noqa: E402
 from shardcache.cache.urls import parse_url  # noqa: E402
+from shardcache.localcluster import LocalCluster, port_free  # noqa: E402
 
 MIB = 1 << 20
 

@@ -23,8 +23,8 @@ import click
 from . import __version__
 from .cache import ShardCache, connect, parse_url
 from .cache.keys import check_dataset_name
-from .cache.local_cluster import DEFAULT_POLICY, MAXMEMORY_POLICIES, LocalCluster
 from .errors import ConfigError, ShardCacheError
+from .localcluster import DEFAULT_POLICY, MAXMEMORY_POLICIES, LocalCluster
 from .units import format_bytes, parse_size
 
 __all__ = ["main"]

@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cache.local_cluster import LocalCluster
 from .errors import ConfigError, ShardCacheError
+from .localcluster import LocalCluster
 from .units import format_bytes
 
 __all__ = ["DemoResult", "run_demo"]

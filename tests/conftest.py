@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from shardcache.cache.local_cluster import LocalCluster, port_free
 from shardcache.errors import CacheUnavailable, ConfigError
+from shardcache.localcluster import LocalCluster, port_free
 
 SESSION_PORTS = (30000, 30999)
 FACTORY_PORTS = (31000, 39999)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shardcache.cache.local_cluster import LocalCluster, node_args
+from shardcache.localcluster import LocalCluster, node_args
 
 yaml = pytest.importorskip("yaml")
 

@@ -18,12 +18,12 @@ import pytest
 import redis
 
 from shardcache.cache import connect
-from shardcache.cache.local_cluster import (
+from shardcache.errors import ConfigError
+from shardcache.localcluster import (
     SERVER_BIN_ENV,
     LocalCluster,
     find_server_binary,
 )
-from shardcache.errors import ConfigError
 from shardcache.prefetcher import prefetch
 
 FACTORY_PORTS = (31000, 39999)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import pytest
 from click.testing import CliRunner, Result
 
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import CacheUnavailable
+from shardcache.localcluster import LocalCluster
 
 WITHIN_S = 3.0
 

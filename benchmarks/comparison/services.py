@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardcache.cache.local_cluster import LocalCluster, bundled_server_binary, find_server_binary, port_free
 from shardcache.errors import CacheUnavailable, ConfigError
+from shardcache.localcluster import LocalCluster, bundled_server_binary, find_server_binary, port_free
 
 __all__ = ["S3Endpoint", "describe_server", "moto_s3", "preferred_server", "redis_cluster", "upload"]
 

@@ -42,7 +42,7 @@ def test_help_names_the_options() -> None:
 def test_the_cluster_runs_valkey_9_when_installed(compare: ModuleType) -> None:
     from comparison.services import describe_server, preferred_server
 
-    from shardcache.cache.local_cluster import bundled_server_binary, find_server_binary
+    from shardcache.localcluster import bundled_server_binary, find_server_binary
 
     chosen = describe_server(preferred_server())
     assert chosen.split()[0] in ("redis", "valkey")

@@ -11,8 +11,8 @@ import pytest
 
 from shardcache.cache import RetryPolicy, ShardCache, connect, parse_url
 from shardcache.cache import connection as connection_module
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.errors import CacheUnavailable, ConfigError
+from shardcache.localcluster import LocalCluster
 
 from .conftest import TEST_RETRY
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from shardcache.cache import ShardCache, connect, encode_table
-from shardcache.cache.local_cluster import LocalCluster
+from shardcache.localcluster import LocalCluster
 
 from .conftest import new_manifest, tables, write_version
 

@@ -19,8 +19,8 @@ import redis
 from security.acl import MINIMAL_ACL, set_acl_user
 
 from shardcache.cache import RetryPolicy, connect, encode_table
-from shardcache.cache.local_cluster import LocalCluster, TLSFiles
 from shardcache.errors import AccessDenied, CacheUnavailable, ConfigError
+from shardcache.localcluster import LocalCluster, TLSFiles
 
 from .conftest import new_manifest, tables, write_version
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shardcache.cache import ShardCache
-from shardcache.cache.local_cluster import LocalCluster
+from shardcache.localcluster import LocalCluster
 
 from .harness import quick_cache, write_source
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from shardcache.cache import ShardCache
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.dataloader import CachedDataLoader
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import prefetch
 
 from .harness import SHARD_SIZE, assert_exactly_once, cached_ids, epoch_ids, unique_name

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from shardcache.cache import ShardCache
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import DatasetNotFound, ShardCorrupted
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import prefetch
 
 from .harness import SHARD_SIZE, assert_exactly_once, cached_ids, epoch_ids, iterate_with, unique_name

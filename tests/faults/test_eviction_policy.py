@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from shardcache.cache import ShardCache
-from shardcache.cache.local_cluster import DEFAULT_POLICY, LocalCluster
 from shardcache.cache.store import DEFAULT_SHARD_TTL
 from shardcache.dataloader import CachedDataLoader
+from shardcache.localcluster import DEFAULT_POLICY, LocalCluster
 from shardcache.prefetcher import prefetch
 
 from .harness import SHARD_SIZE, assert_exactly_once, epoch_ids, unique_name

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from shardcache.cache import ShardCache
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.errors import CapacityExceeded
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import run_prefetch
 
 from .harness import SHARD_SIZE, assert_exactly_once, cached_ids, unique_name, write_source

@@ -17,10 +17,10 @@ import redis
 from click.testing import CliRunner, Result
 
 from shardcache.cache import Manifest, ShardCache
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import ManifestCorrupted
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import prefetch
 
 from .harness import SHARD_SIZE, assert_exactly_once, epoch_ids, unique_name

@@ -16,8 +16,8 @@ import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shardcache.cache.local_cluster import find_server_binary
 from shardcache.kubeflow_components import kube
+from shardcache.localcluster import find_server_binary
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

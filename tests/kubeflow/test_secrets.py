@@ -11,7 +11,7 @@ import pytest
 from kube.fake_api import ApiServer
 
 from shardcache.cache import parse_url
-from shardcache.cache.local_cluster import LocalCluster
+from shardcache.localcluster import LocalCluster
 
 from .conftest import SHARD_SIZE
 

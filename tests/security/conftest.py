@@ -18,7 +18,7 @@ import pytest
 import redis
 from faults.harness import write_source
 
-from shardcache.cache.local_cluster import LocalCluster
+from shardcache.localcluster import LocalCluster
 
 from .acl import MINIMAL_ACL, set_acl_user
 

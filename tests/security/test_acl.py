@@ -14,10 +14,10 @@ from click.testing import CliRunner, Result
 from faults.harness import assert_exactly_once, epoch_ids, unique_name
 
 from shardcache.cache import RetryPolicy, connect
-from shardcache.cache.local_cluster import LocalCluster
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import AccessDenied
+from shardcache.localcluster import LocalCluster
 from shardcache.prefetcher import prefetch
 
 from .acl import MINIMAL_ACL

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from faults.harness import assert_exactly_once, epoch_ids, unique_name
 
 from shardcache.cache import RetryPolicy, connect
-from shardcache.cache.local_cluster import LocalCluster, TLSFiles
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import CacheUnavailable, ConfigError
+from shardcache.localcluster import LocalCluster, TLSFiles
 from shardcache.prefetcher import prefetch
 
 from .conftest import secret

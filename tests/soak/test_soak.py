@@ -21,7 +21,7 @@ import pytest
 from faults.harness import unique_name, write_source
 
 from shardcache.cache import connect
-from shardcache.cache.local_cluster import LocalCluster
+from shardcache.localcluster import LocalCluster
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
