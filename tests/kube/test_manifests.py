@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shardcache.cache.local_cluster import find_server_binary
-from shardcache.kubeflow_components import kube
+from shardcache.discovery import kube
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
