@@ -23,7 +23,12 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["CacheURL", "parse_url", "resolve_url"]
+__all__ = ["CacheURL", "parse_url", "resolve_url", "with_credentials"]
+
+# The environment of every client: the address and its credentials.
+URL_ENV = "SHARDCACHE_REDIS_URL"
+PASSWORD_ENV = "SHARDCACHE_REDIS_PASSWORD"
+USERNAME_ENV = "SHARDCACHE_REDIS_USERNAME"
 
 DEFAULT_PORT = 6379
 _SCHEMES = ("redis", "rediss")
@@ -145,13 +150,29 @@ def _shown(part: str, *, inside_secret: bool, number: int) -> str:
 
 
 def resolve_url(url: str | None, *, env: Mapping[str, str], password: str | None = None) -> CacheURL:
-    """Argument > ``SHARDCACHE_REDIS_URL``; password argument > URL > ``SHARDCACHE_REDIS_PASSWORD``."""
-    text = url or env.get("SHARDCACHE_REDIS_URL")
+    """The address :func:`~shardcache.cache.connect` uses: ``url``, else ``$SHARDCACHE_REDIS_URL``,
+    with the password rules of :func:`with_credentials`.
+
+    This is the last step of the one order of precedence; the steps before it (a Kubernetes
+    Service, the local cluster's state directory) are :mod:`shardcache.discovery`'s.
+    """
+    text = url or env.get(URL_ENV)
     if not text:
         raise ConfigError(
-            "no cache address: pass --redis/url=, set SHARDCACHE_REDIS_URL, or start one with `shardcache up`"
+            f"no cache address: pass --redis/url=, set {URL_ENV}, or start one with `shardcache up`"
         )
-    parsed = parse_url(text)
-    secret = password or parsed.password or env.get("SHARDCACHE_REDIS_PASSWORD") or None
-    username = parsed.username or env.get("SHARDCACHE_REDIS_USERNAME") or None
+    return with_credentials(parse_url(text), env=env, password=password)
+
+
+def with_credentials(parsed: CacheURL, *, env: Mapping[str, str], password: str | None = None) -> CacheURL:
+    """The password rules, in one place.
+
+    * the password: the ``password`` argument (a Kubernetes Secret's, for one), else the
+      URL's, else ``$SHARDCACHE_REDIS_PASSWORD``;
+    * the username: the URL's, else ``$SHARDCACHE_REDIS_USERNAME``;
+    * an address recorded in clear text (a KFP step input) holds no password:
+      :func:`shardcache.discovery.resolve_address` refuses one (``url_is_public=True``).
+    """
+    secret = password or parsed.password or env.get(PASSWORD_ENV) or None
+    username = parsed.username or env.get(USERNAME_ENV) or None
     return CacheURL(seeds=parsed.seeds, tls=parsed.tls, username=username, password=secret, db=parsed.db)

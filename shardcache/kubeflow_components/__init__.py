@@ -16,8 +16,9 @@ Components (KFP v2; need ``pip install 'shardcache[kubeflow]'``)::
 * ``evict_op``: removes a version unless a reader holds a live lease on it.
 * ``components_for_image(image)``: the same four, run from a prebuilt image.
 
-Discovery (needs only ``shardcache[k8s]``): ``cache_url_from_k8s(service=, secret=)``
-returns the URL of the Redis nodes behind a Service and the password in a Secret.
+Discovery (needs only ``shardcache[k8s]``; it lives in :mod:`shardcache.discovery`):
+``cache_url_from_k8s(service=, secret=)`` returns the URL of the Redis nodes behind a
+Service and the password in a Secret.
 
 Names load on first use, so the CLI can use discovery without kfp installed.
 """
@@ -28,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..discovery.kube import CacheEndpoint, cache_url_from_k8s, discover_cache, load_kube_config
     from .address import open_cache, resolve_cache_address
     from .components import (
         BASE_IMAGE,
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
         prefetch_op,
         verify_op,
     )
-    from .kube import CacheEndpoint, cache_url_from_k8s, discover_cache, load_kube_config
 
 __all__ = [
     # components
@@ -66,10 +67,11 @@ _LAZY = {
     **dict.fromkeys(
         ("prefetch_op", "cache_status_op", "verify_op", "evict_op", "components_for_image", "Components",
          "component_file", "BASE_IMAGE", "PACKAGES_TO_INSTALL"),
-        "components",
+        f"{__name__}.components",
     ),
-    **dict.fromkeys(("cache_url_from_k8s", "discover_cache", "load_kube_config", "CacheEndpoint"), "kube"),
-    **dict.fromkeys(("open_cache", "resolve_cache_address"), "address"),
+    **dict.fromkeys(("cache_url_from_k8s", "discover_cache", "load_kube_config", "CacheEndpoint"),
+                    "shardcache.discovery.kube"),
+    **dict.fromkeys(("open_cache", "resolve_cache_address"), f"{__name__}.address"),
 }
 
 
@@ -77,7 +79,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

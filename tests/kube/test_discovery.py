@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from shardcache.discovery import kube
 from shardcache.errors import ConfigError, KubernetesError
-from shardcache.kubeflow_components import address, kube
+from shardcache.kubeflow_components import address
 
 from .fake_api import ENDPOINT_SLICES, SECRETS, SERVICES, ApiServer
 

@@ -16,7 +16,7 @@ import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shardcache.kubeflow_components import kube
+from shardcache.discovery import kube
 from shardcache.localcluster import find_server_binary
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
