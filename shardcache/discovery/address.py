@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import ShardCache, connect, parse_url
-from ..localcluster import STATE_FILE, LocalCluster
 from ..cache.urls import PASSWORD_ENV, URL_ENV
 from ..errors import ConfigError
+from ..localcluster import LocalCluster
+from ..localcluster.state import STATE_FILE
 from .kube import cache_url_from_k8s
 
 __all__ = ["CacheAddress", "open_cache", "resolve_address"]
