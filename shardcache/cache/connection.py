@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
+from ..checks import check_int
 from ..errors import CacheUnavailable, ConfigError
 from .retry import RetryPolicy
 from .urls import CacheURL
@@ -44,8 +45,7 @@ class ConnectOptions:
     def __post_init__(self) -> None:
         if self.ssl_cert_reqs not in ("required", "optional", "none"):
             raise ConfigError(f"ssl_cert_reqs={self.ssl_cert_reqs!r} must be 'required', 'optional' or 'none'")
-        if self.max_connections < 1:
-            raise ConfigError(f"max_connections={self.max_connections!r} must be >= 1")
+        check_int("max_connections", self.max_connections, minimum=1, fix="pass an integer >= 1")
 
 
 def _kwargs(url: CacheURL, options: ConnectOptions) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, DatasetLocked
+from ..checks import check_number
+from ..errors import DatasetLocked
 from .keys import validate_version
 
 __all__ = ["DatasetLock", "Lease", "delete_if_held", "live_leases"]
@@ -107,9 +108,7 @@ class _Renewer:
 
 
 def _ttl_ms(ttl: object) -> int:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl >= 0.1:
-        raise ConfigError(f"ttl={ttl!r} must be a number of seconds >= 0.1")
-    return int(ttl * 1000)
+    return int(check_number("ttl", ttl, minimum=0.1, fix="pass a number of seconds >= 0.1") * 1000)
 
 
 class DatasetLock:
@@ -131,8 +130,7 @@ class DatasetLock:
         """Take the lock, waiting up to ``wait`` seconds; raises DatasetLocked."""
         if self._renewer is not None:
             return
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise ConfigError(f"wait={wait!r} must be a number of seconds >= 0")
+        check_number("wait", wait, minimum=0, fix="pass a number of seconds >= 0")
         deadline = time.monotonic() + wait
         while True:
             if self._call("SET", self.key, self.token, nx=True, px=self.ttl_ms):

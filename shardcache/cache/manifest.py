@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -424,7 +424,3 @@ def _shard_from_dict(position: int, doc: Any) -> ShardInfo:
         cached=cached,
     )
 
-
-def sequence_of_rows(shards: Sequence[ShardInfo]) -> list[int]:
-    """Rows per shard, the input of the loader's plan."""
-    return [s.rows for s in shards]

@@ -13,8 +13,8 @@ import redis.exceptions as rex
 import xxhash
 
 from shardcache.cache import RetryPolicy, ShardCache, checksum, connect
-from shardcache.cache import store as store_module
 from shardcache.cache.bulk import NotBulk, _exchange, _exchange_set, _SparseRegions, read_bulk, write_bulk
+from shardcache.cache.store import shards as store_module
 from shardcache.localcluster import LocalCluster
 
 

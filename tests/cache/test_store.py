@@ -15,7 +15,7 @@ import pytest
 
 from shardcache.cache import ShardCache, connect, decode_payload, encode_table
 from shardcache.cache.manifest import MAX_CHUNKS_PER_SHARD
-from shardcache.cache.store import _chunk_counts
+from shardcache.cache.store.removal import _chunk_counts
 from shardcache.errors import (
     ConfigError,
     DatasetInUse,

@@ -166,7 +166,7 @@ def test_a_shard_read_through_is_gathered(cache: ShardCache, tmp_path: Path) -> 
 def test_a_direct_read_cut_short_is_repeated_through_redis_py(
     images: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shardcache.cache import store as store_module
+    from shardcache.cache.store import shards as store_module
 
     direct = store_module.read_bulk
     calls = {"cut": 0}
