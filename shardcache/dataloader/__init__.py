@@ -8,14 +8,14 @@
 ...     for batch in loader:
 ...         images, labels = batch["image"], batch["label"]
 
-Modules: ``plan``/``shuffle`` (which samples each rank reads, exactly once, elastic), ``dataset`` and
-``loader`` (the two public classes), ``worker`` (one worker's batches), ``readahead`` (bounded shard
-prefetch), ``source`` (cache or read-through), ``tensors`` (Arrow rows to tensors), ``state`` (the
-state dict), ``spec`` (what an iteration reads, shared with persistent workers), ``stats``, ``device``,
-``accelerate`` (``accelerator.prepare`` keeps a CachedDataLoader as it is).
+Modules: ``plan`` (which samples each rank reads, exactly once, elastic; over ``shardcache.sampling``),
+``dataset`` and ``loader`` (the two public classes), ``context`` (what a worker reads, frozen), ``worker``
+(one worker's batches), ``readahead`` (bounded shard prefetch), ``source`` (cache or read-through),
+``tensors`` and ``inplace`` (Arrow rows to tensors), ``state`` (the state dict), ``spec`` (what an
+iteration reads, shared with persistent workers), ``stats``, ``device``, ``sampler`` (``set_epoch`` from
+frameworks), ``accelerate`` (``accelerator.prepare`` keeps a CachedDataLoader as it is), ``hf``.
 
-The public names import torch, so they load on first use: the prefetcher imports
-``dataloader.shuffle`` (for ``order="epoch0"``) without paying for torch.
+The public names import torch, so they load on first use.
 """
 
 from __future__ import annotations
