@@ -212,10 +212,9 @@ def iterate_batches(ds: CachedDataset, spec: IterSpec, *, worker: int, num_worke
 
     schedule = shard_schedule(plan, mine, nbytes=ds.shard_nbytes)
     by_pos = _Groups(plan, row_offsets(ds.rows), mine.tolist())
-    # An unshuffled read receives shards straight into their batches (see inplace.py); shuffled reads
-    # (rows scatter over positions) and datasets without an image-sized column gather, with no work
-    # added to their read path.
-    inplace = None if ds.shuffle else InPlace(builder, source)
+    # Shards are received straight into their batches, shuffled or not (see inplace.py); datasets
+    # without an image-sized column gather, with no work added to their read path.
+    inplace: InPlace | None = InPlace(builder, source)
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}
