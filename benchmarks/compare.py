@@ -405,15 +405,12 @@ def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
         "1st batch s = the cold first epoch, from building the loader (worker start-up, connections, first shards)",
         "peak RSS = proportional set size summed over the process and its DataLoader workers (shared pages once), "
         "each run in a fresh process",
-        "",
-        "shuffled reads, the headline (what training runs), with the references:",
-        render_table(shuffled, markdown=markdown),
-        "",
-        "unshuffled reads:",
-        render_table(unshuffled, markdown=markdown),
-        "",
-        "writes:",
-        render_table(writes, markdown=markdown),
+    ]
+    for title, part in (("shuffled reads, the headline (what training runs), with the references:", shuffled),
+                        ("unshuffled reads:", unshuffled), ("writes:", writes)):
+        if part:
+            lines += ["", title, render_table(part, markdown=markdown)]
+    lines += [
         "",
         "shuffle quality (first epoch):",
         render_quality(rows) or "  (no shuffled run measured it)",
