@@ -179,12 +179,21 @@ def build_targets(rows: Sequence[Row], *, workers: Sequence[int], scaling: Mappi
         targets.append(Target(f"shuffled CachedDataLoader / bare GET loop (workers={w})", _ratio(cached, get), 0.8,
                               detail=detail, ceiling=_ratio(hand, get), ceiling_kind="hand loop"))
     for w in workers:
-        # The same workers and batch size both ways: the batch size where the shuffled read does best.
+        # Each way at its best batch size (what a user tuning either would see); each batch size's own
+        # ratio is in the detail.
         shuffled = _best(rows, family="cached", workers=w, shuffle=True)
-        plain = None if shuffled is None else _best(rows, family="cached", workers=w, batch_size=shuffled.batch_size,
-                                                    shuffle=False)
+        plain = _best(rows, family="cached", workers=w, shuffle=False)
+        detail = _detail(rows, shuffled, plain, "cached", "cached")
+        per_batch = []
+        for r in rows:
+            if r.family == "cached" and r.workers == w and r.shuffle and r.samples_per_s:
+                same = _best(rows, family="cached", workers=w, batch_size=r.batch_size, shuffle=False)
+                if same is not None and same.samples_per_s:
+                    per_batch.append(f"b={r.batch_size} {r.samples_per_s / same.samples_per_s:.2f}x")
+        if per_batch:
+            detail += "; per batch size " + ", ".join(per_batch)
         targets.append(Target(f"CachedDataLoader shuffled / unshuffled (workers={w})", _ratio(shuffled, plain), 0.95,
-                              detail=_detail(rows, shuffled, plain, "cached", "cached")))
+                              detail=detail))
     for w in workers:
         if w == 0:
             continue
