@@ -146,6 +146,18 @@ def _ratio(a: Row | None, b: Row | None) -> float | None:
     return a.samples_per_s / b.samples_per_s
 
 
+def _paired(a: Row, b: Row | None) -> float | None:
+    """Median over rounds of a's samples/s over b's in the same round; the ratio of medians when the
+    rounds do not pair up (a failed run)."""
+    if b is None or not a.samples_per_s or not b.samples_per_s:
+        return None
+    if len(a.runs) != len(b.runs) or not a.runs:
+        return a.samples_per_s / b.samples_per_s
+    ratios = [(x["samples"] / x["seconds"]) / (y["samples"] / y["seconds"]) for x, y in zip(a.runs, b.runs, strict=True)
+              if x.get("seconds") and y.get("seconds") and y.get("samples")]
+    return statistics.median(ratios) if ratios else a.samples_per_s / b.samples_per_s
+
+
 def _label(row: Row | None) -> str:
     if row is None:
         return "(not measured)"
@@ -179,21 +191,19 @@ def build_targets(rows: Sequence[Row], *, workers: Sequence[int], scaling: Mappi
         targets.append(Target(f"shuffled CachedDataLoader / bare GET loop (workers={w})", _ratio(cached, get), 0.8,
                               detail=detail, ceiling=_ratio(hand, get), ceiling_kind="hand loop"))
     for w in workers:
-        # Each way at its best batch size (what a user tuning either would see); each batch size's own
-        # ratio is in the detail.
-        shuffled = _best(rows, family="cached", workers=w, shuffle=True)
-        plain = _best(rows, family="cached", workers=w, shuffle=False)
-        detail = _detail(rows, shuffled, plain, "cached", "cached")
-        per_batch = []
+        # Per batch size, the median over rounds of the ratio of the two runs of the same round (neighbours
+        # in it, see systems.py); the lowest of them is judged.
+        pairs = []
         for r in rows:
             if r.family == "cached" and r.workers == w and r.shuffle and r.samples_per_s:
-                same = _best(rows, family="cached", workers=w, batch_size=r.batch_size, shuffle=False)
-                if same is not None and same.samples_per_s:
-                    per_batch.append(f"b={r.batch_size} {r.samples_per_s / same.samples_per_s:.2f}x")
-        if per_batch:
-            detail += "; per batch size " + ", ".join(per_batch)
-        targets.append(Target(f"CachedDataLoader shuffled / unshuffled (workers={w})", _ratio(shuffled, plain), 0.95,
-                              detail=detail))
+                plain = _best(rows, family="cached", workers=w, batch_size=r.batch_size, shuffle=False)
+                ratio = _paired(r, plain)
+                if ratio is not None:
+                    pairs.append((ratio, f"b={r.batch_size} {ratio:.2f}x"))
+        detail = ("paired per round, per batch size: " + ", ".join(text for _, text in pairs) if pairs
+                  else _why_missing(rows, "cached"))
+        targets.append(Target(f"CachedDataLoader shuffled / unshuffled (workers={w})",
+                              min(pairs)[0] if pairs else None, 0.95, detail=detail))
     for w in workers:
         if w == 0:
             continue

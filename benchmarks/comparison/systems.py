@@ -123,23 +123,27 @@ def build_systems(ctx: Context) -> tuple[list[System], list[Outcome]]:
                                   "keys_file": str(ctx.keys_file), "workers": w, "batch_size": big, "shape": shape},
             workers=w, batch=big, expected=rows)
     files = [str(f) for f in ds.parquet_files]
-    for shuffle in (True, False):
-        for w in cfg.workers:
-            for b in cfg.batch_sizes:
+    # Each loader's shuffled and unshuffled runs are neighbours in a round, so that their ratio is taken
+    # over runs made at about the same time (see report.py: paired per round).
+    both = (True, False)
+    for w in cfg.workers:
+        for b in cfg.batch_sizes:
+            for shuffle in both:
                 add("cached", "shardcache", {"system": "cached", "url": ctx.url, "dataset": ctx.cached_name,
                                              "workers": w, "batch_size": b}, workers=w, batch=b, expected=rows,
                     shuffle=shuffle)
-        for w in cfg.workers:
-            for b in cfg.batch_sizes:
+    for w in cfg.workers:
+        for b in cfg.batch_sizes:
+            for shuffle in both:
                 add("parquet", "alternative", {"system": "parquet", "files": files, "workers": w, "batch_size": b,
                                                "shape": shape, "buffer": ctx.window(b)},
                     workers=w, batch=b, expected=rows, shuffle=shuffle)
-        for family, module_name, data_dir in (("mds", "streaming", ctx.mds_dir),
-                                              ("litdata", "litdata", ctx.litdata_dir)):
-            problem = ctx.peers_reason if ctx.peers is None else ctx.peers.problem(module_name)
-            if problem is None and data_dir is None:
-                problem = "its dataset could not be written"
-            for w in cfg.workers:
+    for family, module_name, data_dir in (("mds", "streaming", ctx.mds_dir), ("litdata", "litdata", ctx.litdata_dir)):
+        problem = ctx.peers_reason if ctx.peers is None else ctx.peers.problem(module_name)
+        if problem is None and data_dir is None:
+            problem = "its dataset could not be written"
+        for w in cfg.workers:
+            for shuffle in both:
                 if problem is not None:
                     skip(family, problem, workers=w, batch=big, shuffle=shuffle)
                     continue
@@ -148,7 +152,8 @@ def build_systems(ctx: Context) -> tuple[list[System], list[Outcome]]:
                                             "batch_size": big},
                     workers=w, batch=big, python=str(ctx.peers.python), module="comparison.peer_child",
                     expected=rows, shuffle=shuffle)
-        for w in cfg.workers:
+    for w in cfg.workers:
+        for shuffle in both:
             if ctx.s3 is None:
                 skip("s3", "no S3 server", workers=w, batch=big, shuffle=shuffle)
                 continue

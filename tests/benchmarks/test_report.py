@@ -237,3 +237,23 @@ def test_from_json_reports_a_file_saved_by_an_older_version(compare: ModuleType,
     assert rows["parquet/w0/b64"]["shuffle"] is False
     targets = {t["name"]: t for t in doc["targets"]}
     assert targets["shuffled CachedDataLoader / bare GET loop (workers=0)"]["status"] == "SKIP"
+
+
+def test_shuffled_against_unshuffled_pairs_the_runs_of_each_round(compare: ModuleType) -> None:
+    from comparison.rounds import Outcome, System
+
+    report = _report(compare)
+
+    def outcome(shuffle: bool, rates: list[float]) -> object:
+        mode = "shuffled" if shuffle else "unshuffled"
+        system = System(key=f"cached/w0/b64/{mode}", family="cached", name="cached", group="shardcache", spec={},
+                        python="python", workers=0, batch_size=64, shuffle=shuffle)
+        return Outcome(system, runs=[{"seconds": 1000 / r, "samples": 1000, "nbytes": 1000} for r in rates])
+
+    # Medians 90 and 110 (0.82x), but round by round 0.91x, 1.00x and 0.45x (a busy third round).
+    rows = report.build_rows([outcome(True, [100, 60, 90]), outcome(False, [110, 60, 200])], sample_bytes=1000)
+    target = next(t for t in report.build_targets(rows, workers=[0], scaling=None)
+                  if t.name == "CachedDataLoader shuffled / unshuffled (workers=0)")
+    assert target.value == pytest.approx(100 / 110)
+    assert target.status == "MISS"
+    assert "paired per round, per batch size: b=64 0.91x" in target.detail
