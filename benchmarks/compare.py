@@ -10,6 +10,11 @@ then runs every system round by round in fresh processes (a warm-up round first)
 prints medians, ratios and the issue's targets (PASS/MISS). ``shardcache bench``
 runs :func:`main`.
 
+Every loader is measured both ways. Shuffled reads are the headline, since training shuffles: the
+first table, the targets and the chart's first bars; each shuffled run also reports how well it
+shuffled (the mean move of a sample, the source shards a batch mixes), so that speed is never
+bought with a worse shuffle. See ``comparison/systems.py`` for each system's shuffle settings.
+
 Each run of a DataLoader-based system builds one loader with persistent workers and
 iterates it twice: the figures are those of the warm second epoch, as the bare GET
 loop's clock leaves out its own start-up and a training job pays start-up once. The
@@ -50,14 +55,17 @@ from comparison.dataset import Dataset, accept, generate  # noqa: E402
 from comparison.peers import Peers, ensure_peers  # noqa: E402
 from comparison.profile import find_py_spy, summarize, wrap  # noqa: E402
 from comparison.report import (  # noqa: E402
+    SHUFFLED_FAMILIES,
     Row,
     Target,
     build_rows,
     build_targets,
     first_epoch_rate,
+    render_quality,
     render_table,
     render_targets,
     rows_as_json,
+    split_rows,
     write_chart,
 )
 from comparison.rounds import System, run_child, run_rounds  # noqa: E402
@@ -89,7 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="compare.py",
         description="Benchmark shardcache's CachedDataLoader and prefetch against the machine's limits and the "
-                    "loaders users would pick instead, on the same data in one run. DataLoader-based systems are "
+                    "loaders users would pick instead, on the same data in one run, shuffled (the headline) and "
+                    "unshuffled. DataLoader-based systems are "
                     "measured on a warm epoch (persistent workers) after a cold first epoch, which is reported "
                     "too (time to first batch, first-epoch samples/s).",
     )
@@ -254,8 +263,9 @@ def _profiler(
     return choose
 
 
-def _fill_cache(cfg: BenchConfig, ds: Dataset, url: str, say: Callable[[str], None]) -> Path:
-    """Prefetch the dataset for the loaders; write its shard keys (for the bare GET loop) to a file."""
+def _fill_cache(cfg: BenchConfig, ds: Dataset, url: str, say: Callable[[str], None]) -> tuple[Path, tuple[int, ...]]:
+    """Prefetch the dataset for the loaders; write its shard keys (for the bare GET loop) to a file.
+    Returns the file and the rows of each shard."""
     began = time.monotonic()
     run_child(sys.executable, "comparison.child", {
         "system": "prefetch", "source": str(ds.parquet_dir), "url": url, "dataset": CACHED_NAME,
@@ -268,7 +278,7 @@ def _fill_cache(cfg: BenchConfig, ds: Dataset, url: str, say: Callable[[str], No
     keys_file.write_text(json.dumps(doc))
     say(f"  prefetched into {url}: {manifest.num_shards} shards, {manifest.nbytes / 1e6:,.0f} MB "
         f"({time.monotonic() - began:.1f}s)")
-    return keys_file
+    return keys_file, tuple(s.rows for s in manifest.shards)
 
 
 def _summarize_profiles(profile: Path, systems: Sequence[System], say: Callable[[str], None]) -> None:
@@ -318,11 +328,12 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
             began = time.monotonic()
             s3_files = upload(s3, ds.parquet_files, prefix="parquet")
             say(f"  uploaded {len(s3_files)} Parquet files to moto S3 in {time.monotonic() - began:.1f}s")
-        keys_file = _fill_cache(cfg, ds, cluster.url, say)
+        keys_file, shard_rows = _fill_cache(cfg, ds, cluster.url, say)
         ctx = Context(
             config=cfg, dataset=ds, url=cluster.url, host=cluster.host, port=cluster.nodes[0].port,
             cached_name=CACHED_NAME, keys_file=keys_file, s3=s3, s3_files=tuple(s3_files), peers=peers,
             peers_reason=peers_reason, mds_dir=peer_dirs.get("mds"), litdata_dir=peer_dirs.get("litdata"),
+            shard_rows=shard_rows,
         )
         systems, skipped = build_systems(ctx)
         say(f"measuring {len(systems)} systems: {cfg.warmup} warm-up + {cfg.rounds} rounds, alternating")
@@ -370,6 +381,7 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
 def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
     """The stdout report: the systems table, the targets and the scaling table."""
     rows = [Row(**r) for r in doc["systems"]]
+    shuffled, unshuffled, writes = split_rows(rows)
     targets = [Target(**t) for t in doc["targets"]]
     meta = doc["meta"]
     ds = meta["dataset"]
@@ -381,16 +393,29 @@ def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
         f"shards {meta['config']['shard_size'] >> 10} KiB; medians of {meta['config']['rounds']} rounds "
         f"after {meta['config']['warmup']} warm-up; {meta['machine']['cpus']} CPUs, load average at start {load}",
         f"cache: {meta['config'].get('redis', 'a local Redis Cluster')}",
-        "shardcache x = CachedDataLoader (same workers and batch, else its best) / this row; "
-        "for writes, prefetch / this row",
+        "shardcache x = CachedDataLoader read the same way (same workers and batch, else its best) / this row; "
+        "references: the shuffled CachedDataLoader; for writes, prefetch / this row",
+        "shuffled: CachedDataLoader shuffle=True (window of 4 shards' worth, rounded up to the batch); Parquet: "
+        "row groups in a new order each epoch through a shuffle buffer of as many samples as that window, "
+        "per worker; MosaicML Streaming shuffle=True (py1e, its default block size); LitData shuffle=True",
+        "mean move = mean |delivered position - source position| / samples in the first epoch (uniform "
+        "shuffle ~0.333, none 0); shards/batch = distinct source shards (the cache's mean rows per shard, "
+        "consecutive) a batch mixes",
         "samples/s of DataLoader systems = their warm second epoch (persistent workers); 1st epoch samples/s and "
         "1st batch s = the cold first epoch, from building the loader (worker start-up, connections, first shards)",
         "peak RSS = proportional set size summed over the process and its DataLoader workers (shared pages once), "
         "each run in a fresh process",
+    ]
+    for title, part in (("shuffled reads, the headline (what training runs), with the references:", shuffled),
+                        ("unshuffled reads:", unshuffled), ("writes:", writes)):
+        if part:
+            lines += ["", title, render_table(part, markdown=markdown)]
+    lines += [
         "",
-        render_table(rows, markdown=markdown),
+        "shuffle quality (first epoch):",
+        render_quality(rows) or "  (no shuffled run measured it)",
         "",
-        "targets (ratios measured in this run):",
+        "targets (ratios measured in this run, shuffled reads):",
         render_targets(targets, markdown=markdown),
     ]
     if doc.get("scaling"):
@@ -403,12 +428,15 @@ def _reload(path: Path) -> dict[str, Any]:
 
     Rows saved by older versions lose the fields this version no longer has (``steady_samples_per_s``);
     ``first_epoch_samples_per_s`` is filled from the runs where they carry ``first_epoch_s``, else None.
+    Loaders of a version that read them unshuffled only are marked so (``shuffle: false``).
     """
     doc: dict[str, Any] = json.loads(path.read_text())
     if doc.get("format") != JSON_FORMAT:
         raise ConfigError(f"--from-json {str(path)!r} is not a format-{JSON_FORMAT} result of compare.py --json-out")
     for r in doc["systems"]:
         r["system"] = NAMES.get(r["family"], r["system"])  # labels as this version shows them
+        if "shuffle" not in r:
+            r["shuffle"] = False if r["family"] in SHUFFLED_FAMILIES else None
     known = {f.name for f in dataclasses.fields(Row)}
     rows = [Row(**{k: v for k, v in r.items() if k in known}) for r in doc["systems"]]
     for row in rows:

@@ -11,6 +11,7 @@ One module per concern; the harness in ``compare.py`` wires them together:
 - ``report``      the table, the targets (PASS/MISS), the JSON and the chart
 - ``scaling``     dataset x1/x2/x4 and shard size 1/4/8 MiB
 - ``profile``     ``--profile``: py-spy records of measured runs, summarised per thread
+- ``quality``     how well a shuffled run shuffled: mean move of a sample, source shards per batch
 - ``child``, ``peer_child``   the measured runs (in the main and the peers virtualenv)
 - ``rss``, ``drive``, ``entry``   stdlib-only helpers both child kinds share
 

@@ -210,17 +210,33 @@ def prefetch(*, source: str, url: str, dataset: str, shard_size: int, keep: bool
     return {"seconds": seconds, "nbytes": manifest.nbytes, "samples": manifest.num_rows}
 
 
-def cached(*, url: str, dataset: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """A cold then a warm epoch of CachedDataLoader (persistent workers), unshuffled like every other system here."""
+def cached(
+    *, url: str, dataset: str, workers: int, batch_size: int, shuffle: bool = False,
+    quality: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A cold then a warm epoch of CachedDataLoader (persistent workers), ``set_epoch`` before each
+    (a new order each epoch when shuffled); ``quality``: the shuffle's, from the first epoch."""
     from shardcache.dataloader import CachedDataLoader, CachedDataset
 
     def make() -> Any:
-        ds = CachedDataset(dataset, cache=url, shuffle=False)
+        ds = CachedDataset(dataset, cache=url, shuffle=shuffle)
         # torch refuses persistent_workers without workers.
         return CachedDataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=False,
                                 persistent_workers=workers > 0)
 
-    return drive(make)
+    return _with_quality(lambda record: drive(make, record=record, before_epoch=lambda ld, e: ld.set_epoch(e)),
+                         quality)
+
+
+def _with_quality(run: Callable[[Any], dict[str, Any]], quality: dict[str, Any] | None) -> dict[str, Any]:
+    """``run(record)``, plus the shuffle quality of its first epoch when ``quality`` says where the source is."""
+    from .quality import Recorder
+
+    recorder = Recorder() if quality else None
+    result = run(recorder)
+    if recorder is not None and quality:
+        result["quality"] = recorder.measure(**quality)
+    return result
 
 
 # -- plain torch DataLoader over Parquet (local disk or S3) ----------------------------------
@@ -235,49 +251,125 @@ def _s3_filesystem(s3: dict[str, Any]) -> Any:
     )
 
 
-def _parquet_dataset(files: list[str], batch_size: int, s3: dict[str, Any] | None, shape: list[int]) -> Any:
+def _parquet_dataset(
+    files: list[str], batch_size: int, s3: dict[str, Any] | None, shape: list[int], *, shuffle: bool = False,
+    buffer: int = 0, seed: int = 0,
+) -> Any:
     import numpy as np
     import pyarrow.parquet as pq
     import torch
     from torch.utils.data import IterableDataset, get_worker_info
 
     class ParquetBatches(IterableDataset):
-        """What a user would write: each worker reads its files, whole batches built with Arrow."""
+        """What a user would write: each worker reads its files, whole batches built with Arrow.
+
+        Shuffled: every epoch the row groups of all files are put in a new random order and dealt
+        out to the workers; each worker passes their rows through a shuffle buffer of ``buffer``
+        samples and emits batches of random samples from it (the buffer's free slots are then
+        refilled from the next rows), then drains it in random order at the end.
+        """
+
+        def __init__(self) -> None:
+            self.epoch = 0
 
         def __iter__(self) -> Iterator[dict[str, Any]]:
             info = get_worker_info()
-            mine = files if info is None else files[info.id :: info.num_workers]
             # Built here, in the worker: an S3 client does not survive fork.
             filesystem = _s3_filesystem(s3) if s3 else None
-            for path in mine:
-                pf = pq.ParquetFile(path, filesystem=filesystem, pre_buffer=s3 is not None)
-                for batch in pf.iter_batches(batch_size=batch_size, columns=["image", "label"]):
-                    images = batch.column("image")
-                    width = images.type.byte_width
-                    data = images.buffers()[1]
-                    start = images.offset * width
-                    flat = np.frombuffer(data, dtype=np.uint8, count=len(images) * width, offset=start)
-                    yield {
-                        "image": torch.from_numpy(flat).view(len(images), *shape),
-                        "label": torch.from_numpy(batch.column("label").to_numpy()),
-                    }
+            if not shuffle:
+                mine = files if info is None else files[info.id :: info.num_workers]
+                for path in mine:
+                    pf = pq.ParquetFile(path, filesystem=filesystem, pre_buffer=s3 is not None)
+                    for batch in pf.iter_batches(batch_size=batch_size, columns=["image", "label"]):
+                        images, labels = _columns(batch)
+                        yield {"image": torch.from_numpy(images).view(len(labels), *shape),
+                               "label": torch.from_numpy(labels)}
+                return
+            # The DataLoader copies the dataset into each worker once (persistent workers): each copy
+            # counts its own epochs, in step with the others.
+            epoch, self.epoch = self.epoch, self.epoch + 1
+            opened = {path: pq.ParquetFile(path, filesystem=filesystem, pre_buffer=s3 is not None) for path in files}
+            groups = [(path, g) for path in files for g in range(opened[path].num_row_groups)]
+            rng = np.random.default_rng([seed, epoch])
+            groups = [groups[k] for k in rng.permutation(len(groups))]
+            if info is not None:
+                groups = groups[info.id :: info.num_workers]
+                rng = np.random.default_rng([seed, epoch, info.id + 1])
+            yield from _shuffle_buffer(opened, groups, rng, capacity=max(buffer, batch_size), batch_size=batch_size,
+                                       shape=shape)
 
     return ParquetBatches()
 
 
+def _columns(batch: Any) -> tuple[Any, Any]:
+    """Zero-copy numpy views: the images as ``[rows, bytes]`` uint8, the labels."""
+    import numpy as np
+
+    images = batch.column("image")
+    width = images.type.byte_width
+    flat = np.frombuffer(images.buffers()[1], dtype=np.uint8, count=len(images) * width,
+                         offset=images.offset * width)
+    return flat.reshape(len(images), width), batch.column("label").to_numpy()
+
+
+def _shuffle_buffer(
+    opened: dict[str, Any], groups: list[tuple[str, int]], rng: Any, *, capacity: int, batch_size: int,
+    shape: list[int],
+) -> Iterator[dict[str, Any]]:
+    """Batches of random samples from a buffer of ``capacity`` samples, filled from ``groups`` in order."""
+    import numpy as np
+    import torch
+
+    images_buf: Any = None
+    labels_buf: Any = None
+    free: Any = np.arange(capacity)  # slots to fill next, in this order
+    filled = 0
+    for path, g in groups:
+        table = opened[path].read_row_group(g, columns=["image", "label"]).combine_chunks()
+        if not table.num_rows:
+            continue
+        images, labels = _columns(table.to_batches()[0])
+        if images_buf is None:
+            images_buf = np.empty((capacity, images.shape[1]), dtype=np.uint8)
+            labels_buf = np.empty(capacity, dtype=labels.dtype)
+        at = 0
+        while at < len(labels):
+            take = min(len(free), len(labels) - at)
+            slots, free = free[:take], free[take:]
+            images_buf[slots] = images[at : at + take]
+            labels_buf[slots] = labels[at : at + take]
+            at += take
+            filled += take
+            if not len(free):  # full: emit a batch of random slots, which are refilled next
+                picked = rng.choice(capacity, size=batch_size, replace=False)
+                yield {"image": torch.from_numpy(images_buf[picked]).view(batch_size, *shape),
+                       "label": torch.from_numpy(labels_buf[picked])}
+                free = picked
+                filled -= batch_size
+    if images_buf is None:
+        return
+    left = rng.permutation(np.setdiff1d(np.arange(capacity), free, assume_unique=True))
+    for start in range(0, len(left), batch_size):
+        picked = left[start : start + batch_size]
+        yield {"image": torch.from_numpy(images_buf[picked]).view(len(picked), *shape),
+               "label": torch.from_numpy(labels_buf[picked])}
+
+
 def parquet(
-    *, files: list[str], workers: int, batch_size: int, shape: list[int], s3: dict[str, Any] | None = None
+    *, files: list[str], workers: int, batch_size: int, shape: list[int], s3: dict[str, Any] | None = None,
+    shuffle: bool = False, buffer: int = 0, quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A cold then a warm epoch of ``torch.utils.data.DataLoader`` (persistent workers) over Parquet files."""
+    """A cold then a warm epoch of ``torch.utils.data.DataLoader`` (persistent workers) over Parquet files;
+    shuffled: row groups in a new order each epoch through a shuffle buffer of ``buffer`` samples."""
     from torch.utils.data import DataLoader
 
     def make() -> Any:
         return DataLoader(
-            _parquet_dataset(files, batch_size, s3, shape), batch_size=None, num_workers=workers,
-            persistent_workers=workers > 0,
+            _parquet_dataset(files, batch_size, s3, shape, shuffle=shuffle, buffer=buffer), batch_size=None,
+            num_workers=workers, persistent_workers=workers > 0,
         )
 
-    result = drive(make)
+    result = _with_quality(lambda record: drive(make, record=record), quality)
     if s3 and workers == 0:
         from pyarrow import fs
 

@@ -16,7 +16,10 @@ from typing import Any
 __all__ = ["drive"]
 
 
-def _epoch(loader: Iterable[Mapping[str, Any]], *, label: str, began: float) -> dict[str, Any]:
+def _epoch(
+    loader: Iterable[Mapping[str, Any]], *, label: str, began: float,
+    record: Callable[[Mapping[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """One pass over ``loader``: seconds from ``began`` to the last batch, time to the first batch, samples, bytes."""
     first: float | None = None
     samples = 0
@@ -24,6 +27,8 @@ def _epoch(loader: Iterable[Mapping[str, Any]], *, label: str, began: float) -> 
     for batch in loader:
         if first is None:
             first = time.perf_counter() - began
+        if record is not None:
+            record(batch)
         samples += len(batch[label])
         for value in batch.values():
             if hasattr(value, "element_size"):
@@ -32,7 +37,9 @@ def _epoch(loader: Iterable[Mapping[str, Any]], *, label: str, began: float) -> 
 
 
 def drive(
-    make_loader: Callable[[], Iterable[Mapping[str, Any]]], *, label: str = "label", epochs: int = 2
+    make_loader: Callable[[], Iterable[Mapping[str, Any]]], *, label: str = "label", epochs: int = 2,
+    record: Callable[[Mapping[str, Any]], None] | None = None,
+    before_epoch: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Build the loader once and run ``epochs`` epochs over it.
 
@@ -40,14 +47,20 @@ def drive(
     started when its iteration starts. ``first_batch_s`` and ``first_epoch_s`` run from
     before the loader is built to the first batch and to the last batch of the first
     epoch, so worker start-up counts there. With ``epochs=1`` the one epoch is both.
-    Bytes are those of the tensors delivered (images and labels).
+    Bytes are those of the tensors delivered (images and labels). ``record`` is called with each
+    batch of the first epoch (see :mod:`.quality`), ``before_epoch(loader, epoch)`` before each epoch
+    (a CachedDataLoader's ``set_epoch``: a training loop shuffles each epoch anew).
     """
     if epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be >= 1")
     began = time.perf_counter()
     loader = make_loader()
-    first = last = _epoch(loader, label=label, began=began)
-    for _ in range(epochs - 1):
+    if before_epoch is not None:
+        before_epoch(loader, 0)
+    first = last = _epoch(loader, label=label, began=began, record=record)
+    for epoch in range(1, epochs):
+        if before_epoch is not None:
+            before_epoch(loader, epoch)
         last = _epoch(loader, label=label, began=time.perf_counter())
     return {
         "seconds": last["seconds"],

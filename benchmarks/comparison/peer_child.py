@@ -80,9 +80,23 @@ def litdata_write(*, raw_dir: str, shape: list[int], out: str, shard_size: int) 
     return {"seconds": time.perf_counter() - began, "samples": count, "nbytes": 0}
 
 
-def mds_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
-    """A cold then a warm epoch of ``StreamingDataset`` over local MDS shards (persistent workers): no remote,
-    no shuffle (its fastest)."""
+def _with_quality(run: Callable[[Any], dict[str, Any]], quality: dict[str, Any] | None) -> dict[str, Any]:
+    """``run(record)``, plus the shuffle quality of its first epoch (see :mod:`.quality`)."""
+    from .quality import Recorder
+
+    recorder = Recorder() if quality else None
+    result = run(recorder)
+    if recorder is not None and quality:
+        result["quality"] = recorder.measure(**quality)
+    return result
+
+
+def mds_read(
+    *, data: str, workers: int, batch_size: int, shuffle: bool = False, quality: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A cold then a warm epoch of ``StreamingDataset`` over local MDS shards (persistent workers), no
+    remote; shuffled with its defaults (algorithm ``py1e``, its default block size and seed), its
+    epoch counted by itself."""
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
     from torch.utils.data import DataLoader
@@ -90,25 +104,28 @@ def mds_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
     clean_stale_shared_memory()
 
     def make() -> Any:
-        ds = StreamingDataset(local=data, remote=None, batch_size=batch_size, shuffle=False)
+        ds = StreamingDataset(local=data, remote=None, batch_size=batch_size, shuffle=shuffle)
         return DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
 
-    return drive(make)
+    return _with_quality(lambda record: drive(make, record=record), quality)
 
 
-def litdata_read(*, data: str, workers: int, batch_size: int) -> dict[str, Any]:
+def litdata_read(
+    *, data: str, workers: int, batch_size: int, shuffle: bool = False, quality: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A cold then a warm epoch of LitData's ``StreamingDataset`` + ``StreamingDataLoader`` over local chunks.
 
-    ``StreamingDataLoader`` subclasses torch's DataLoader and passes ``persistent_workers`` on to it.
+    ``StreamingDataLoader`` subclasses torch's DataLoader and passes ``persistent_workers`` on to it;
+    it moves the dataset to its next epoch itself (a new order when shuffled).
     """
     import litdata
 
     def make() -> Any:
-        ds = litdata.StreamingDataset(input_dir=data, shuffle=False)
+        ds = litdata.StreamingDataset(input_dir=data, shuffle=shuffle)
         return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers,
                                            persistent_workers=workers > 0)
 
-    return drive(make)
+    return _with_quality(lambda record: drive(make, record=record), quality)
 
 
 SYSTEMS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -19,10 +19,11 @@ from typing import Any
 
 from .rounds import Outcome, headline
 
-__all__ = ["Row", "Target", "build_rows", "build_targets", "first_epoch_rate", "render_table", "render_targets",
-           "write_chart"]
+__all__ = ["Row", "Target", "build_rows", "build_targets", "first_epoch_rate", "render_quality", "render_table",
+           "render_targets", "split_rows", "write_chart"]
 
 READ_FAMILIES = ("memcpy", "tcp", "get", "handloop", "cached", "parquet", "mds", "litdata", "s3")
+SHUFFLED_FAMILIES = ("cached", "parquet", "mds", "litdata", "s3")  # loaders measured both ways
 WRITE_FAMILIES = ("prefetch", "set")
 RSS_TOLERANCE = 1.10  # "no growth": within 10%, the noise between runs of the same size
 
@@ -46,6 +47,9 @@ class Row:
     status: str = "ok"  # ok | failed | skipped
     note: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
+    shuffle: bool | None = None  # None: a reference, which has no order to shuffle
+    # Medians over the runs of the shuffle's quality (see quality.py): mean_move, shards_per_batch, unmatched.
+    quality: dict[str, float] | None = None
 
 
 def build_rows(outcomes: Iterable[Outcome], *, sample_bytes: int) -> list[Row]:
@@ -53,7 +57,7 @@ def build_rows(outcomes: Iterable[Outcome], *, sample_bytes: int) -> list[Row]:
     for o in outcomes:
         s = o.system
         row = Row(key=s.key, family=s.family, system=s.name, group=s.group, workers=s.workers,
-                  batch_size=s.batch_size, rounds=len(o.runs), runs=list(o.runs))
+                  batch_size=s.batch_size, rounds=len(o.runs), runs=list(o.runs), shuffle=s.shuffle)
         if o.skipped:
             row.status, row.note = "skipped", o.skipped
         elif o.error and not o.runs:
@@ -68,6 +72,7 @@ def build_rows(outcomes: Iterable[Outcome], *, sample_bytes: int) -> list[Row]:
             row.first_epoch_samples_per_s = first_epoch_rate(o.runs)
             rss = o.median("peak_rss")
             row.peak_rss_mb = None if rss is None else rss / 1e6
+            row.quality = _quality(o.runs)
             notes = list(o.notes) + ([headline(o.error)[:200]] if o.error else [])
             row.note = "; ".join(notes)
         rows.append(row)
@@ -82,6 +87,14 @@ def first_epoch_rate(runs: Sequence[dict[str, Any]]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _quality(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Per metric, the median over the runs that measured the shuffle's quality."""
+    measured = [r["quality"] for r in runs if r.get("quality")]
+    if not measured:
+        return None
+    return {k: statistics.median(q[k] for q in measured if k in q) for k in measured[0]}
+
+
 def _best(rows: Iterable[Row], **match: Any) -> Row | None:
     found = [r for r in rows if r.samples_per_s and all(getattr(r, k) == v for k, v in match.items())]
     return max(found, key=lambda r: r.samples_per_s or 0.0, default=None)
@@ -94,9 +107,12 @@ def _fill_ratios(rows: list[Row]) -> None:
         if row.family in WRITE_FAMILIES:
             ref = _best(rows, family="prefetch")
         else:
-            ref = (_best(rows, family="cached", workers=row.workers, batch_size=row.batch_size)
-                   or (_best(rows, family="cached", workers=row.workers) if row.workers is not None else None)
-                   or _best(rows, family="cached"))
+            # A loader against CachedDataLoader read the same way; a reference against the shuffled headline.
+            mode = True if row.shuffle is None else row.shuffle
+            ref = (_best(rows, family="cached", workers=row.workers, batch_size=row.batch_size, shuffle=mode)
+                   or (_best(rows, family="cached", workers=row.workers, shuffle=mode)
+                       if row.workers is not None else None)
+                   or _best(rows, family="cached", shuffle=mode))
         if ref is not None and ref.samples_per_s:
             row.shardcache_ratio = ref.samples_per_s / row.samples_per_s
 
@@ -130,10 +146,23 @@ def _ratio(a: Row | None, b: Row | None) -> float | None:
     return a.samples_per_s / b.samples_per_s
 
 
+def _paired(a: Row, b: Row | None) -> float | None:
+    """Median over rounds of a's samples/s over b's in the same round; the ratio of medians when the
+    rounds do not pair up (a failed run)."""
+    if b is None or not a.samples_per_s or not b.samples_per_s:
+        return None
+    if len(a.runs) != len(b.runs) or not a.runs:
+        return a.samples_per_s / b.samples_per_s
+    ratios = [(x["samples"] / x["seconds"]) / (y["samples"] / y["seconds"]) for x, y in zip(a.runs, b.runs, strict=True)
+              if x.get("seconds") and y.get("seconds") and y.get("samples")]
+    return statistics.median(ratios) if ratios else a.samples_per_s / b.samples_per_s
+
+
 def _label(row: Row | None) -> str:
     if row is None:
         return "(not measured)"
-    parts = [f"w={row.workers}" if row.workers is not None else "", f"b={row.batch_size}" if row.batch_size else ""]
+    parts = [f"w={row.workers}" if row.workers is not None else "", f"b={row.batch_size}" if row.batch_size else "",
+             "" if row.shuffle is None else ("shuffled" if row.shuffle else "unshuffled")]
     return f"{row.system} {' '.join(p for p in parts if p)}".strip()
 
 
@@ -150,29 +179,52 @@ def _detail(rows: Sequence[Row], a: Row | None, b: Row | None, fa: str, fb: str,
 
 
 def build_targets(rows: Sequence[Row], *, workers: Sequence[int], scaling: Mapping[str, Any] | None) -> list[Target]:
-    """The issue's targets, each judged PASS or MISS, or SKIP with the reason."""
+    """The issue's targets, on shuffled reads (what training runs), each judged PASS or MISS, or SKIP
+    with the reason."""
     targets = []
     for w in workers:
-        cached, get = _best(rows, family="cached", workers=w), _best(rows, family="get", workers=w)
+        cached, get = _best(rows, family="cached", workers=w, shuffle=True), _best(rows, family="get", workers=w)
         # Here the ceiling is the minimal hand-written DataLoader loop: what passing batches through
         # torch's DataLoader (and its worker processes) leaves of the bare GET loop.
         hand = _best(rows, family="handloop", workers=w)
         detail = _detail(rows, cached, get, "cached", "get")
-        if cached is not None and get is not None and cached.first_epoch_samples_per_s and get.samples_per_s:
-            # The GET loop's clock starts once its processes are up and connected; the loader's judged figure
-            # is its warm epoch (persistent workers), so neither counts start-up. The cold epoch is shown too.
-            cold = cached.first_epoch_samples_per_s / get.samples_per_s
-            detail += f"; first epoch (cold: worker start-up, connections, first shards) {cold:.2f}x"
-        targets.append(Target(f"CachedDataLoader / bare GET loop (workers={w})", _ratio(cached, get), 0.8,
+        targets.append(Target(f"shuffled CachedDataLoader / bare GET loop (workers={w})", _ratio(cached, get), 0.8,
                               detail=detail, ceiling=_ratio(hand, get), ceiling_kind="hand loop"))
-    best, ceiling = _best(rows, family="cached"), _best(rows, family="get")
+    for w in workers:
+        # Per batch size, the median over rounds of the ratio of the two runs of the same round (neighbours
+        # in it, see systems.py); the lowest of them is judged.
+        pairs = []
+        for r in rows:
+            if r.family == "cached" and r.workers == w and r.shuffle and r.samples_per_s:
+                plain = _best(rows, family="cached", workers=w, batch_size=r.batch_size, shuffle=False)
+                ratio = _paired(r, plain)
+                if ratio is not None:
+                    pairs.append((ratio, f"b={r.batch_size} {ratio:.2f}x"))
+        detail = ("paired per round, per batch size: " + ", ".join(text for _, text in pairs) if pairs
+                  else _why_missing(rows, "cached"))
+        targets.append(Target(f"CachedDataLoader shuffled / unshuffled (workers={w})",
+                              min(pairs)[0] if pairs else None, 0.95, detail=detail))
+    for w in workers:
+        if w == 0:
+            continue
+        cached, get = _best(rows, family="cached", workers=w, shuffle=True), _best(rows, family="get", workers=w)
+        cold = None
+        if cached is not None and get is not None and cached.first_epoch_samples_per_s and get.samples_per_s:
+            # The GET loop's clock starts once its processes are up and connected; the loader's cold first
+            # epoch counts building it, worker start-up, connections and the first shards.
+            cold = cached.first_epoch_samples_per_s / get.samples_per_s
+        targets.append(Target(f"shuffled CachedDataLoader cold first epoch / bare GET loop (workers={w})", cold, 0.8,
+                              detail=_detail(rows, cached, get, "cached", "get")
+                              + "; first epoch from building the loader"))
+    best, ceiling = _best(rows, family="cached", shuffle=True), _best(rows, family="get")
     for family, name, threshold in (
-        ("mds", "MosaicML Streaming (local disk)", 1.0),
-        ("parquet", "plain Parquet DataLoader (local disk)", 1.0),
+        ("parquet", "plain Parquet DataLoader (local disk)", 1.3),
+        ("mds", "MosaicML Streaming (local disk)", 2.0),
+        ("litdata", "LitData (local disk)", 1.5),
         ("s3", "direct S3, no cache", 5.0),
     ):
-        other = _best(rows, family=family)
-        targets.append(Target(f"CachedDataLoader / {name}", _ratio(best, other), threshold,
+        other = _best(rows, family=family, shuffle=True)
+        targets.append(Target(f"shuffled CachedDataLoader / shuffled {name}", _ratio(best, other), threshold,
                               detail=_detail(rows, best, other, "cached", family), ceiling=_ratio(ceiling, other)))
     prefetch, bare_set = _best(rows, family="prefetch"), _best(rows, family="set")
     targets.append(Target("prefetch / bare SET loop", _ratio(prefetch, bare_set), 0.7,
@@ -182,9 +234,6 @@ def build_targets(rows: Sequence[Row], *, workers: Sequence[int], scaling: Mappi
         "loader peak RSS, dataset x4 / x1", growth, RSS_TOLERANCE, higher_is_better=False,
         detail="no growth (within 10%)" if scaling is not None else "run with --scaling",
     ))
-    litdata = _best(rows, family="litdata")
-    targets.append(Target("CachedDataLoader / LitData (local disk)", _ratio(best, litdata), 1.0, status="INFO",
-                          detail=_detail(rows, best, litdata, "cached", "litdata"), ceiling=_ratio(ceiling, litdata)))
     return [t.judge() for t in targets]
 
 
@@ -197,9 +246,10 @@ def _fmt(value: float | None, spec: str) -> str:
 def render_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
     """The results table (fixed-width text, or Markdown for the README)."""
     head = ["system", "workers", "batch", "MB/s", "samples/s", "1st epoch samples/s", "1st batch s", "peak RSS MB",
-            "shardcache x"]
+            "shardcache x", "mean move", "shards/batch"]
     body = []
     for r in rows:
+        q = r.quality or {}
         cells = [
             r.system + (f" [{r.status}: {r.note}]" if r.status != "ok" else (f" [{r.note}]" if r.note else "")),
             "-" if r.workers is None else str(r.workers),
@@ -210,6 +260,8 @@ def render_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
             _fmt(r.first_batch_s, ".3f"),
             _fmt(r.peak_rss_mb, ",.0f"),
             _fmt(r.shardcache_ratio, ".2f"),
+            _fmt(q.get("mean_move"), ".3f"),
+            _fmt(q.get("shards_per_batch"), ".1f"),
         ]
         body.append(cells)
     if markdown:
@@ -225,6 +277,28 @@ def render_table(rows: Sequence[Row], *, markdown: bool = False) -> str:
         out.append("  ".join([first.ljust(widths[0]), *rest]))
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)
+
+
+def split_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row], list[Row]]:
+    """The shuffled loaders with the read references (the headline table), the unshuffled loaders, and
+    the writes."""
+    reads = [r for r in rows if r.family in READ_FAMILIES]
+    shuffled = [r for r in reads if r.shuffle is not False]
+    unshuffled = [r for r in reads if r.shuffle is False]
+    writes = [r for r in rows if r.family not in READ_FAMILIES]
+    return shuffled, unshuffled, writes
+
+
+def render_quality(rows: Sequence[Row]) -> str:
+    """One line per shuffled loader: its shuffle's quality beside its speed."""
+    lines = []
+    for r in rows:
+        if r.shuffle and r.quality:
+            q = r.quality
+            bad = f"; {int(q['unmatched'])} samples matched no source sample" if q.get("unmatched") else ""
+            lines.append(f"  {_label(r)}: mean move {q['mean_move']:.3f} of the epoch, "
+                         f"{q['shards_per_batch']:.1f} source shards per batch{bad}")
+    return "\n".join(lines)
 
 
 def render_targets(targets: Sequence[Target], *, markdown: bool = False) -> str:
@@ -250,26 +324,32 @@ def rows_as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 
 def write_chart(rows: Sequence[Row], path: Path, *, title: str) -> None:
-    """A horizontal bar chart of samples/s per read system (median), coloured by kind."""
+    """A horizontal bar chart of samples/s per read system (median), coloured by kind: the shuffled loaders
+    and the references first (the headline), then the unshuffled loaders, paler."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.family in READ_FAMILIES and r.family not in ("memcpy", "tcp") and r.samples_per_s]
+    shuffled, unshuffled, _ = split_rows(rows)
+    shown = [r for r in [*shuffled, *unshuffled] if r.family not in ("memcpy", "tcp") and r.samples_per_s]
     colours = {"shardcache": "#1f77b4", "limit": "#7f7f7f", "alternative": "#ff7f0e"}
     labels = []
     for r in shown:
         parts = [f"w={r.workers}" if r.workers is not None else "", f"b={r.batch_size}" if r.batch_size else ""]
-        labels.append(f"{r.system} ({', '.join(p for p in parts if p)})")
+        mode = "" if r.shuffle is None else ("shuffled, " if r.shuffle else "unshuffled, ")
+        labels.append(f"{r.system} ({mode}{', '.join(p for p in parts if p)})")
     values = [r.samples_per_s or 0.0 for r in shown]
     fig, ax = plt.subplots(figsize=(11, 0.42 * len(shown) + 1.6))
     y = list(range(len(shown)))[::-1]
-    ax.barh(y, values, color=[colours.get(r.group, "#2ca02c") for r in shown])
+    from matplotlib.colors import to_rgba
+
+    ax.barh(y, values, color=[to_rgba(colours.get(r.group, "#2ca02c"), 0.4 if r.shuffle is False else 1.0)
+                              for r in shown])
     ax.set_yticks(y, labels, fontsize=8)
     for yi, v in zip(y, values, strict=True):
         ax.text(v, yi, f" {v:,.0f}", va="center", fontsize=7)
-    ax.set_xlabel("samples/s (median; DataLoaders: warm epoch; higher is better)")
+    ax.set_xlabel("samples/s (median; DataLoaders: warm epoch; higher is better; pale: unshuffled)")
     ax.set_title(title, fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     ax.legend(handles, ["shardcache", "limit or reference", "alternative"], loc="lower right", fontsize=8)

@@ -39,6 +39,7 @@ class System:
     workers: int | None = None
     batch_size: int | None = None
     expected_samples: int | None = None
+    shuffle: bool | None = None  # None: a reference with no order to shuffle (memcpy, GET loop...)
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Batches built in place: a shard's largest column received from the socket straight into its batches.
 
 A loader would copy every byte twice: the kernel copies a shard from the socket into its buffer, then
-the gather copies its rows into the batch. When each batch that uses a shard takes one run of its
-consecutive rows into consecutive positions (an unshuffled read), the read-ahead thread that loads
-the shard instead has the largest fixed-width column received straight into those batches' tensors
+the gather copies its rows into the batch. Instead, the read-ahead thread that loads a shard has its
+largest fixed-width column received straight into the tensors of the batches that use the shard
 (``ShardCache.get_payload(..., into=...)``), and copies the shard's other tensor columns there
-itself. The batch loop then finds the batch made (a :class:`Prepared`). In a DataLoader worker
-those tensors are the shared-memory block the batch travels in (a pool slot, taken ahead).
+itself. An unshuffled read receives one run of consecutive rows per batch; a shuffled read receives
+each row into its own position, scattered over the batches of the shard's window (one ``recv_into``
+per image-sized row, no more calls than the ordinary read's 256 KiB steps). A shard whose rows
+include one twice (a padding sample) is gathered as usual. The batch loop then finds the batch made
+(a :class:`Prepared`). In a DataLoader worker those tensors are the shared-memory block the batch
+travels in (a pool slot, taken ahead).
 
 Where a column's bytes lie in a payload is learned from the first shard of each row count, read the
 ordinary way, and checked again on every shard once it is decoded. A shard whose column is not where
@@ -114,15 +117,11 @@ class InPlace:
             offset = None if self._closed else self._offsets.get(rows)
         if self.column is None or offset is None:
             return None, []
-        spans = []
-        for key, size, shard_rows, positions in uses:
-            runs = row_runs(positions, shard_rows)
-            if len(runs) != 1:
-                return None, []  # shuffled: rows scatter over positions
-            spans.append((key, size, runs[0]))
+        if not uses or not _distinct_rows(uses):
+            return None, []  # a row in two places (a padding sample): one payload range, two destinations
         into = []
         width = self._row_bytes
-        for key, size, (position, row, count) in spans:
+        for key, size, shard_rows, positions in uses:
             with self._lock:
                 prepared = self._prepared.get(key)
             if prepared is None:  # made outside the lock (it may map a block); another load may win
@@ -132,8 +131,11 @@ class InPlace:
                 if prepared is not made:
                     self._builder.discard(made)
             out: Any = prepared.outputs[self.column][1]
-            span = memoryview(out).cast("B")[position * width : (position + count) * width]
-            into.append((offset + row * width, span))
+            flat = memoryview(out).cast("B")
+            # Unshuffled: one run per batch. Shuffled: a run per row, each row received straight into
+            # its own position (the socket scatters the shard over the window's batches).
+            for position, row, count in row_runs(positions, shard_rows):
+                into.append((offset + row * width, flat[position * width : (position + count) * width]))
         return offset, into
 
     def _learn(self, views: ShardViews, payload: pa.Buffer | None) -> int | None:
@@ -149,3 +151,9 @@ class InPlace:
         with self._lock:
             self._offsets[views.rows] = start
         return int(start)
+
+
+def _distinct_rows(uses: Sequence[Use]) -> bool:
+    """Whether no row of the shard is used twice across ``uses``."""
+    rows = np.concatenate([shard_rows for _, _, shard_rows, _ in uses])
+    return len(np.unique(rows)) == len(rows)

@@ -207,7 +207,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
             ds = self.cached_dataset
             prefetch = self.prefetch_factor or 2
             batch_bytes = max(1.0, spec.batch_size * ds.sample_nbytes)
-            ahead = 0 if ds.shuffle else math.ceil(ds.readahead_bytes(spec.window) / (2 * batch_bytes))
+            ahead = math.ceil(ds.readahead_bytes(spec.window) / (2 * batch_bytes))
             ahead = max(0, min(ahead, POOL_SLOTS // 2 - prefetch))  # leave chunks at least half the pool
             chunk = chunk_batches(
                 batches_per_window=spec.chunk, window_bytes=spec.window * ds.sample_nbytes,

@@ -157,14 +157,23 @@ class BufferPool:
     """Output arrays of the main process, reused once nothing outside the pool refers to them.
 
     A dataset keeps one across iterations, so that an epoch does not page-fault its first batches
-    afresh. ``per_key`` arrays of each shape are kept: the batches the training loop holds plus
-    those the read-ahead is filling. Thread-safe.
+    afresh. Of each shape it keeps ``per_key`` arrays, or more while they hold at most ``keep_bytes``
+    together (at most ``MAX_PER_KEY``): the batches the training loop holds plus those the read-ahead
+    is filling. A shuffled read fills the batches of a whole window or two at once (see inplace.py),
+    so small batches need more than six: with 64 samples of 150 KB, about ten.
+    Thread-safe.
     """
 
-    def __init__(self, per_key: int = 6) -> None:
+    MAX_PER_KEY = 32
+
+    def __init__(self, per_key: int = 6, *, keep_bytes: int = 128 << 20) -> None:
         self._kept: dict[tuple[Any, ...], list[tuple[np.ndarray[Any, Any], weakref.ref[Any]]]] = {}
         self._per_key = per_key
+        self._keep_bytes = keep_bytes
         self._lock = threading.Lock()
+
+    def _room(self, kept: int, nbytes: int) -> bool:
+        return kept < self._per_key or (kept < self.MAX_PER_KEY and (kept + 1) * nbytes <= self._keep_bytes)
 
     def get(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
         """An array of ``shape``; a kept one when the view it lent last is gone (every tensor over it)."""
@@ -176,7 +185,7 @@ class BufferPool:
             view = array[...]  # what the batch holds: a view of its own, watched by a weak reference
             if free is not None:
                 kept[free] = (array, weakref.ref(view))
-            elif len(kept) < self._per_key:
+            elif self._room(len(kept), array.nbytes):
                 kept.append((array, weakref.ref(view)))
             return view
 

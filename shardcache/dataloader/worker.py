@@ -213,10 +213,9 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
 
     schedule = shard_schedule(plan, mine, nbytes=ctx.shard_nbytes)
     by_pos = _Groups(plan, row_offsets(plan.rows), mine.tolist())
-    # An unshuffled read receives shards straight into their batches (see inplace.py); shuffled reads
-    # (rows scatter over positions) and datasets without an image-sized column gather, with no work
-    # added to their read path.
-    inplace = None if plan.shuffle else InPlace(builder, source)
+    # Shards are received straight into their batches, shuffled or not (see inplace.py); datasets
+    # without an image-sized column gather, with no work added to their read path.
+    inplace: InPlace | None = InPlace(builder, source)
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}

@@ -19,16 +19,17 @@ from .conftest import COMPARE
 SYSTEM_KEYS = {
     "key", "family", "system", "group", "workers", "batch_size", "mb_per_s", "samples_per_s", "first_batch_s",
     "first_epoch_samples_per_s",
-    "peak_rss_mb", "rounds", "shardcache_ratio", "status", "note", "runs",
+    "peak_rss_mb", "rounds", "shardcache_ratio", "status", "note", "runs", "shuffle", "quality",
 }
 TARGETS = {
-    "CachedDataLoader / bare GET loop (workers=0)",
-    "CachedDataLoader / MosaicML Streaming (local disk)",
-    "CachedDataLoader / plain Parquet DataLoader (local disk)",
-    "CachedDataLoader / direct S3, no cache",
+    "shuffled CachedDataLoader / bare GET loop (workers=0)",
+    "CachedDataLoader shuffled / unshuffled (workers=0)",
+    "shuffled CachedDataLoader / shuffled plain Parquet DataLoader (local disk)",
+    "shuffled CachedDataLoader / shuffled MosaicML Streaming (local disk)",
+    "shuffled CachedDataLoader / shuffled LitData (local disk)",
+    "shuffled CachedDataLoader / shuffled direct S3, no cache",
     "prefetch / bare SET loop",
     "loader peak RSS, dataset x4 / x1",
-    "CachedDataLoader / LitData (local disk)",
 }
 
 
@@ -85,40 +86,61 @@ def test_quick_run_prints_the_table_and_writes_json_and_chart(
     rows = {r["key"]: r for r in doc["systems"]}
     for row in rows.values():
         assert set(row) == SYSTEM_KEYS
-    measured = ["memcpy", "tcp", "get/w0", "handloop/w0/b64", "cached/w0/b64", "parquet/w0/b64", "s3/w0/b64",
-                "prefetch", "set"]
+    modes = ("shuffled", "unshuffled")
+    loaders = [f"{family}/w0/b64/{mode}" for family in ("cached", "parquet", "s3") for mode in modes]
+    measured = ["memcpy", "tcp", "get/w0", "handloop/w0/b64", *loaders, "prefetch", "set"]
     for key in measured:
         assert rows[key]["status"] == "ok", (key, rows[key]["note"])
         assert rows[key]["samples_per_s"] > 0
         assert rows[key]["mb_per_s"] > 0
         assert rows[key]["peak_rss_mb"] > 0
         assert len(rows[key]["runs"]) == 1
-    assert rows["cached/w0/b64"]["first_batch_s"] > 0
+    assert rows["cached/w0/b64/shuffled"]["first_batch_s"] > 0
     # DataLoader systems: a warm epoch measured after a cold one, which is reported too.
-    for key in ("handloop/w0/b64", "cached/w0/b64", "parquet/w0/b64", "s3/w0/b64"):
+    for key in ("handloop/w0/b64", *loaders):
         run = rows[key]["runs"][0]
         assert run["first_epoch_samples"] == run["samples"]
         assert run["first_epoch_s"] >= run["first_batch_s"] > 0
         assert rows[key]["first_epoch_samples_per_s"] > 0
     assert rows["get/w0"]["first_epoch_samples_per_s"] is None
-    assert rows["cached/w0/b64"]["shardcache_ratio"] == pytest.approx(1.0)
-    for key in ("mds/w0/b64", "litdata/w0/b64"):
-        assert rows[key]["status"] == "skipped"
-        assert "--no-peers" in rows[key]["note"]
+    # Loaders both ways, their ratios against CachedDataLoader read the same way; the shuffle's quality.
+    for mode, shuffle in (("shuffled", True), ("unshuffled", False)):
+        assert rows[f"cached/w0/b64/{mode}"]["shardcache_ratio"] == pytest.approx(1.0)
+        assert rows[f"parquet/w0/b64/{mode}"]["shuffle"] is shuffle
+        ratio = rows[f"cached/w0/b64/{mode}"]["samples_per_s"] / rows[f"parquet/w0/b64/{mode}"]["samples_per_s"]
+        assert rows[f"parquet/w0/b64/{mode}"]["shardcache_ratio"] == pytest.approx(ratio)
+    assert rows["get/w0"]["shuffle"] is None
+    for key in ("cached/w0/b64/shuffled", "parquet/w0/b64/shuffled", "s3/w0/b64/shuffled"):
+        quality = rows[key]["quality"]
+        assert quality["unmatched"] == 0  # every delivered sample is a source sample
+        assert 0.05 < quality["mean_move"] < 0.6
+        assert quality["shards_per_batch"] > 1
+    for key in ("cached/w0/b64/unshuffled", "parquet/w0/b64/unshuffled"):
+        assert rows[key]["quality"] is None
+    for mode in ("shuffled", "unshuffled"):
+        for key in (f"mds/w0/b64/{mode}", f"litdata/w0/b64/{mode}"):
+            assert rows[key]["status"] == "skipped"
+            assert "--no-peers" in rows[key]["note"]
 
     targets = {t["name"]: t for t in doc["targets"]}
     assert set(targets) == TARGETS
-    for name in ("CachedDataLoader / bare GET loop (workers=0)", "CachedDataLoader / direct S3, no cache",
-                 "prefetch / bare SET loop"):
+    for name in ("shuffled CachedDataLoader / bare GET loop (workers=0)",
+                 "CachedDataLoader shuffled / unshuffled (workers=0)",
+                 "shuffled CachedDataLoader / shuffled plain Parquet DataLoader (local disk)",
+                 "shuffled CachedDataLoader / shuffled direct S3, no cache", "prefetch / bare SET loop"):
         assert targets[name]["status"] in ("PASS", "MISS")
         assert targets[name]["value"] > 0
-    assert targets["CachedDataLoader / MosaicML Streaming (local disk)"]["status"] == "SKIP"
+    assert targets["shuffled CachedDataLoader / shuffled MosaicML Streaming (local disk)"]["status"] == "SKIP"
 
     assert "samples/s" in printed
     assert "cache: LocalCluster of " in printed
     assert "CPU steal during the rounds" in printed
     assert "1st epoch samples/s" in printed
-    assert "first epoch (cold: worker start-up, connections, first shards)" in printed
+    assert "shuffled reads, the headline" in printed
+    assert "unshuffled reads:" in printed
+    assert printed.index("shuffled reads, the headline") < printed.index("unshuffled reads:")
+    assert "shuffle quality (first epoch):" in printed
+    assert "mean move" in printed
     assert "CachedDataLoader" in printed
     assert "targets" in printed
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
-"""Batches built in place (inplace.py): an unshuffled read receives its image-sized column straight
-into the batches, with or without workers; the batches are the same as gathered ones in every case,
+"""Batches built in place (inplace.py): a read, shuffled or not, receives its image-sized column
+straight into the batches, with or without workers; the batches are the same as gathered ones in every case,
 batches the training loop still holds are never written over, and a worker's pool slots taken for
 batches never gathered are given back once no read writes into them."""
 
@@ -121,14 +121,56 @@ def test_a_loop_cut_short_loses_no_batch_of_the_next_epoch(images: Manifest, cac
     assert sum(int((board != 0).sum()) for board in boards) <= 1
 
 
-def test_a_shuffled_read_is_gathered(images: Manifest, cache: ShardCache) -> None:
-    loader = CachedDataLoader(images.name, cache=cache, batch_size=16, shuffle=True, seed=3)
+def _gathered(self: Any, rows: int, uses: Any) -> tuple[None, list[Any]]:
+    return None, []  # never received in place: every shard read into its own buffer, then gathered
+
+
+def _as_bytes(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v.numpy().tobytes() if hasattr(v, "numpy") else list(v) for k, v in b.items()} for b in batches]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shuffled_read_is_received_in_place_into_the_same_batches(
+    images: Manifest, cache: ShardCache, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    def epochs(*, inplace: bool) -> tuple[list[list[dict[str, Any]]], int]:
+        if not inplace:
+            monkeypatch.setattr(inplace_module.InPlace, "_into", _gathered)
+        loader = CachedDataLoader(images.name, cache=cache, batch_size=16, shuffle=True, seed=3,
+                                  num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+        out = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            out.append(_as_bytes(list(loader)))
+        monkeypatch.undo()
+        return out, loader.stats().received_in_place
+
+    placed, received = epochs(inplace=True)
+    gathered, none = epochs(inplace=False)
+    assert none == 0
+    assert received > images.num_shards  # all but the first shard of each row count, in each epoch
+    assert placed == gathered  # byte for byte, epoch by epoch
+    for epoch in placed:
+        ids = [i for b in epoch for i in np.frombuffer(b["id"], dtype=np.int64).tolist()]
+        assert sorted(ids) == list(range(ROWS))  # every sample exactly once
+        assert ids != list(range(ROWS))
+    assert placed[0] != placed[1]  # another order in the next epoch
+    loader = CachedDataLoader(images.name, cache=cache, batch_size=16, shuffle=True, seed=3, num_workers=workers,
+                              persistent_workers=workers > 0)  # fmt: skip
     batches = list(loader)
+    check(batches, [int(i) for b in batches for i in b["id"].tolist()])
+
+
+def test_a_shard_whose_row_is_used_twice_is_gathered(images: Manifest, cache: ShardCache) -> None:
+    # Rank 2 of 3 pads its part with its own last sample: that shard's row goes to two positions.
+    def ids_of(**kw: Any) -> list[dict[str, Any]]:
+        ds = CachedDataset(images.name, cache=cache, shuffle=True, seed=5, rank=2, world_size=3, **kw)
+        return list(CachedDataLoader(ds, batch_size=16))
+
+    batches = ids_of()
     ids = [int(i) for b in batches for i in b["id"].tolist()]
-    assert sorted(ids) == list(range(ROWS))
-    assert ids != list(range(ROWS))
+    assert len(ids) == len(set(ids)) + 1  # the padding sample
     check(batches, ids)
-    assert loader.stats().received_in_place == 0
 
 
 def test_a_column_not_where_expected_is_read_again(

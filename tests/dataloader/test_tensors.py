@@ -195,6 +195,18 @@ def test_the_buffer_pool_lends_an_array_again_once_nothing_views_it():
     assert pool.get((2, 2), dtype).ctypes.data != address, "another shape, another array"
 
 
+def test_the_buffer_pool_keeps_more_small_arrays_up_to_its_bytes():
+    pool = BufferPool(per_key=1, keep_bytes=3 * 128)
+    dtype = np.dtype(np.uint8)
+    held = [pool.get((128,), dtype) for _ in range(5)]  # five lent at once: three are kept (384 bytes)
+    big = [pool.get((1024,), dtype) for _ in range(3)]  # above keep_bytes: per_key, one
+    kept = {shape: len(arrays) for (shape, _), arrays in pool._kept.items()}
+    assert kept == {(128,): 3, (1024,): 1}
+    del held, big
+    again = [pool.get((128,), dtype) for _ in range(3)]
+    assert {id(a.base) for a in again} == {id(a) for a, _ in pool._kept[((128,), dtype.str)]}, "all three lent again"
+
+
 def test_a_batch_never_sent_gives_its_pool_slots_back(monkeypatch: pytest.MonkeyPatch):
     from shardcache.dataloader import tensors
     from shardcache.dataloader.slots import POOL_MIN_BYTES, SlotPool
