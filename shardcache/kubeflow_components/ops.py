@@ -42,7 +42,8 @@ def prefetch_op(
         dataset: The dataset's name in the cache.
         redis_url: The cache, e.g. redis://shardcache-redis:6379, without a password.
             Empty: use k8s_service, else $SHARDCACHE_REDIS_URL.
-        k8s_service: A Service fronting the cache, found through its EndpointSlices ('name' or 'name.namespace').
+        k8s_service: A Service fronting the cache, found through its EndpointSlices ('name', 'namespace/name'
+            or 'name.namespace').
         k8s_secret: A Secret holding the password (key 'password'), read through the API.
             Empty: $SHARDCACHE_REDIS_PASSWORD.
         shard_size: Target shard size, e.g. '4MiB'.
