@@ -24,6 +24,7 @@ from typing import Any
 
 from .drive import drive
 from .entry import run_system
+from .quality import with_quality
 
 __all__ = ["main"]
 
@@ -224,19 +225,9 @@ def cached(
         return CachedDataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=False,
                                 persistent_workers=workers > 0)
 
-    return _with_quality(lambda record: drive(make, record=record, before_epoch=lambda ld, e: ld.set_epoch(e)),
+    return with_quality(lambda record: drive(make, record=record, before_epoch=lambda ld, e: ld.set_epoch(e)),
                          quality)
 
-
-def _with_quality(run: Callable[[Any], dict[str, Any]], quality: dict[str, Any] | None) -> dict[str, Any]:
-    """``run(record)``, plus the shuffle quality of its first epoch when ``quality`` says where the source is."""
-    from .quality import Recorder
-
-    recorder = Recorder() if quality else None
-    result = run(recorder)
-    if recorder is not None and quality:
-        result["quality"] = recorder.measure(**quality)
-    return result
 
 
 # -- plain torch DataLoader over Parquet (local disk or S3) ----------------------------------
@@ -369,7 +360,7 @@ def parquet(
             num_workers=workers, persistent_workers=workers > 0,
         )
 
-    result = _with_quality(lambda record: drive(make, record=record), quality)
+    result = with_quality(lambda record: drive(make, record=record), quality)
     if s3 and workers == 0:
         from pyarrow import fs
 

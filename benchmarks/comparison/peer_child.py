@@ -17,6 +17,7 @@ from typing import Any
 
 from .drive import drive
 from .entry import run_system
+from .quality import with_quality
 
 __all__ = ["main"]
 
@@ -80,16 +81,6 @@ def litdata_write(*, raw_dir: str, shape: list[int], out: str, shard_size: int) 
     return {"seconds": time.perf_counter() - began, "samples": count, "nbytes": 0}
 
 
-def _with_quality(run: Callable[[Any], dict[str, Any]], quality: dict[str, Any] | None) -> dict[str, Any]:
-    """``run(record)``, plus the shuffle quality of its first epoch (see :mod:`.quality`)."""
-    from .quality import Recorder
-
-    recorder = Recorder() if quality else None
-    result = run(recorder)
-    if recorder is not None and quality:
-        result["quality"] = recorder.measure(**quality)
-    return result
-
 
 def mds_read(
     *, data: str, workers: int, batch_size: int, shuffle: bool = False, quality: dict[str, Any] | None = None
@@ -107,7 +98,7 @@ def mds_read(
         ds = StreamingDataset(local=data, remote=None, batch_size=batch_size, shuffle=shuffle)
         return DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
 
-    return _with_quality(lambda record: drive(make, record=record), quality)
+    return with_quality(lambda record: drive(make, record=record), quality)
 
 
 def litdata_read(
@@ -125,7 +116,7 @@ def litdata_read(
         return litdata.StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers,
                                            persistent_workers=workers > 0)
 
-    return _with_quality(lambda record: drive(make, record=record), quality)
+    return with_quality(lambda record: drive(make, record=record), quality)
 
 
 SYSTEMS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Recorder", "measure"]
+__all__ = ["Recorder", "measure", "with_quality"]
 
 FINGERPRINT_BYTES = 8
 
@@ -88,3 +88,12 @@ def measure(
         "shards_per_batch": round(float(np.mean(distinct)) if distinct else 0.0, 2),
         "unmatched": int((~known).sum()),
     }
+
+
+def with_quality(run: Callable[[Any], dict[str, Any]], quality: dict[str, Any] | None) -> dict[str, Any]:
+    """``run(record)``, plus the shuffle quality of its first epoch when ``quality`` says where the source is."""
+    recorder = Recorder() if quality else None
+    result = run(recorder)
+    if recorder is not None and quality:
+        result["quality"] = recorder.measure(**quality)
+    return result
