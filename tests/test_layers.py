@@ -20,7 +20,7 @@ LEVELS = {
     "units": 1,
     "checks": 2,
     "cache": 3,
-    "localcluster": 4, "source": 4, "sampling": 4,
+    "localcluster": 4, "source": 4, "sampling": 4, "metrics": 4,
     "discovery": 5, "prefetcher": 5, "dataloader": 5,
     "kubeflow_components": 6,
     "__init__": 7, "demo": 7,

@@ -128,6 +128,10 @@ class KeySpace:
     def leases(self, name: str) -> str:
         return f"{self._meta(name)}:leases"
 
+    def readers(self, name: str) -> str:
+        """The HASH of reader heartbeats: lease member -> JSON counters (``shardcache top``)."""
+        return f"{self._meta(name)}:readers"
+
     def shard(self, name: str, version: str, index: int) -> str:
         key = f"{self.prefix}s:{self.encode(name)}:{validate_version(version)}:{int(index)}"
         if len(key) > MAX_KEY_LENGTH:  # a manifest recording it could never be read back

@@ -43,13 +43,26 @@ return 0
 # Leases: score = expiry in server milliseconds, so clients' clocks do not matter. The key
 # itself expires a while after its longest-lived member, never before it: a short lease must
 # not cut a long one short.
+# With a second key (the dataset's readers HASH, same hash tag), the renewal also stores the reader's
+# heartbeat (ARGV[3], JSON) under its member, drops the heartbeats of the leases that just expired,
+# and lets the HASH expire with the lease set.
 _LEASE_PUT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = {}
+if #KEYS > 1 then gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 60000)
+local expiry = math.floor(tonumber(last[2])) + 60000
+redis.call('PEXPIREAT', KEYS[1], expiry)
+if #KEYS > 1 then
+  if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+  if ARGV[3] then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+    redis.call('PEXPIREAT', KEYS[2], expiry)
+  end
+end
 return 1
 """
 # Live lease members, judged by the clock of the node that holds them.
@@ -213,11 +226,15 @@ class Lease:
     (or, for ``*``, any version) with a live lease.
     """
 
-    def __init__(self, *, call: Call, key: str, dataset: str, version: str, ttl: float = 60.0) -> None:
+    def __init__(
+        self, *, call: Call, key: str, dataset: str, version: str, ttl: float = 60.0, readers_key: str | None = None
+    ) -> None:
         if version != "*":
             validate_version(version)
         self._call = call
         self.key = key
+        self.readers_key = readers_key
+        self._beat: Callable[[], str] | None = None
         self.dataset = dataset
         self.version = version
         self.ttl_ms = _ttl_ms(ttl)
@@ -237,8 +254,24 @@ class Lease:
         return self
 
     def _put(self) -> bool:
-        self._call("EVAL", _LEASE_PUT, 1, self.key, self.member, self.ttl_ms)
+        if self.readers_key is None:
+            self._call("EVAL", _LEASE_PUT, 1, self.key, self.member, self.ttl_ms)
+            return True
+        beat = [] if self._beat is None else [_beat_text(self._beat)]
+        self._call("EVAL", _LEASE_PUT, 2, self.key, self.readers_key, self.member, self.ttl_ms, *beat)
         return True
+
+    def heartbeat(self, fields: Callable[[], str]) -> None:
+        """Publish ``fields()`` (a short JSON text: the reader's counters) under this lease's member in the
+        dataset's readers HASH now and at every renewal (``shardcache top`` shows it). Best effort: a failed
+        write is logged, never raised, and a lease without a readers key publishes nothing."""
+        if self.readers_key is None:
+            return
+        self._beat = fields
+        try:
+            self._put()
+        except Exception as exc:  # the heartbeat is for people watching; reading goes on without it
+            log.warning("could not publish the reader heartbeat of %r: %s", self.dataset, exc)
 
     @property
     def lost(self) -> bool:
@@ -250,6 +283,8 @@ class Lease:
             self._renewer.stop()
             self._renewer = None
             self._call("ZREM", self.key, self.member)
+            if self._beat is not None and self.readers_key is not None:
+                self._call("HDEL", self.readers_key, self.member)
 
     def __enter__(self) -> Lease:
         if self._renewer is None:
@@ -258,6 +293,14 @@ class Lease:
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         _release_quietly(self.release, failing=exc_type is not None, what=f"lease on {self.dataset!r}")
+
+
+def _beat_text(fields: Callable[[], str]) -> str:
+    try:
+        return fields()
+    except Exception as exc:  # a broken heartbeat must not cost the lease its renewal
+        log.warning("reader heartbeat failed (%s: %s)", type(exc).__name__, exc)
+        return "{}"
 
 
 def delete_if_held(call: Call, key: str, token: str) -> bool:

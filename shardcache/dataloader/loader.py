@@ -47,6 +47,7 @@ from .accelerate import AccelerateHooks
 from .checks import check_bool, check_callable, check_int
 from .dataset import CachedDataset
 from .device import DevicePrefetcher
+from .observe import LoaderObserver
 from .plan import PlanSegment, resume_point
 from .sampler import EpochSampler
 from .slots import POOL_SLOTS, forget, forget_gone
@@ -100,6 +101,8 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
             stream while the current one computes (use with ``pin_memory=True``).
         num_workers, pin_memory, timeout, worker_init_fn, multiprocessing_context, prefetch_factor,
         persistent_workers, pin_memory_device: as in PyTorch.
+        metrics: export this loader's stats to Prometheus (``shardcache.metrics``): a port, a Pushgateway
+            URL, None (as ``$SHARDCACHE_METRICS_PORT`` / ``_PUSHGATEWAY`` say; off without them) or False.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         device: torch.device | str | None = None,
+        metrics: Any = None,
         **dataset_options: Any,
     ) -> None:
         for name, fix in _REFUSED.items():
@@ -172,6 +176,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         # descriptors are closed once the workers are gone, or with the loader.
         self._pools: set[str] = set()
         weakref.finalize(self, forget, self._pools)
+        self._observer = LoaderObserver.attach(self, metrics)  # Prometheus and the reader heartbeat
 
     @property
     def cached_dataset(self) -> CachedDataset:
@@ -244,6 +249,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         run = self._next_run()
         # First: a refused lease (AccessDenied) keeps a loaded resume point.
         lease = take_lease(ds.cache, ds.name, ds.version, ttl=ds.lease_ttl)
+        self._observer.reading(lease)
         self._resume = None
         self._consumed = run.spec.start
         ds.activate(run.spec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from ..cache.locks import DatasetLock
 from ..cache.manifest import Manifest, ShardInfo
 from ..cache.store import ShardCache, connect
 from ..errors import CapacityExceeded, ConfigError, DatasetNotFound, ShardCacheError, SourceError
+from ..metrics.hooks import prefetch_ended, prefetch_started
 from ..source.rebuild import build_shard, encode_shard, open_reader
 from ..source.transform import Transform
 from ..units import parse_size
@@ -169,12 +171,14 @@ def run_prefetch(
         format, options = "csv", {**options, "delimiter": "\t"}
 
     store, owned = _open_cache(cache)
+    tracked = None  # the run as shardcache.metrics exports it
     try:
         src = open_source(source, fmt=format, fs_options=fs_options, filesystem=filesystem)
         version = version_id(src, columns=cols, shard_size=size, compression=compression, transform=transform,
                              options=options)
         report = PrefetchReport(dataset=dataset, version=version)
-        job = _Job(store=store, src=src, report=report, transform=transform, progress=progress,
+        tracked = prefetch_started(report, progress)
+        job = _Job(store=store, src=src, report=report, transform=transform, progress=tracked.progress,
                    workers=n_workers, inflight=inflight, allow_partial=allow_partial, fs_options=fs_options)
         existing = _stored(store, dataset, version)
         if existing is not None and existing.complete and not job.todo(existing):
@@ -214,6 +218,7 @@ def run_prefetch(
                 manifest = job.commit(manifest, lock)
             return job.finish(manifest, started)
     finally:
+        prefetch_ended(tracked, sys.exc_info()[1])
         if owned:
             store.close()
 

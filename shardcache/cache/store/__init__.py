@@ -297,7 +297,10 @@ class ShardCache:
     def lease(self, name: str, version: str = "*", *, ttl: float = 60.0) -> Lease:
         """Hold a renewed lease on ``version`` (``*``: every version) until released."""
         validate_dataset_name(name)
-        return Lease(call=self.call, key=self.keys.leases(name), dataset=name, version=version, ttl=ttl).acquire()
+        return Lease(
+            call=self.call, key=self.keys.leases(name), dataset=name, version=version, ttl=ttl,
+            readers_key=self.keys.readers(name),
+        ).acquire()
 
     def leases(self, name: str) -> list[str]:
         """Live lease members (``VERSION|HOLDER``) of ``name``."""
