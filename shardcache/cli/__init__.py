@@ -6,8 +6,8 @@ cluster that ``shardcache up`` recorded in ``--dir``); the order of precedence i
 non-zero, without a traceback.
 
 One module per group of commands: :mod:`.cluster` (up, down, status), :mod:`.datasets`
-(ls, info, rm), :mod:`.prefetch`, :mod:`.bench` (demo, bench); :mod:`.options` holds the
-shared cache options and the error handling.
+(ls, info, rm), :mod:`.prefetch`, :mod:`.bench` (demo, bench), :mod:`.top` (top, exporter);
+:mod:`.options` holds the shared cache options and the error handling.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .cluster import down, status, up
 from .datasets import info, ls_, rm
 from .options import ErrorGroup
 from .prefetch import prefetch
+from .top import exporter, top
 
 __all__ = ["cli", "main"]
 
@@ -35,7 +36,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (up, down, status, ls_, info, rm, prefetch, demo, bench):
+for _command in (up, down, status, ls_, info, rm, prefetch, demo, bench, top, exporter):
     cli.add_command(_command)
 
 

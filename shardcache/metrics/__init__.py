@@ -17,7 +17,7 @@ per node, datasets, leases and readers (:mod:`.cluster`). The names are in :mod:
 from __future__ import annotations
 
 from .client import INSTALL
-from .cluster import ClusterCollector, ClusterView, DatasetView, Reader, Snapshots, snapshot
+from .cluster import ClusterCollector, ClusterView, DatasetView, Reader, Snapshots, serve_cluster, snapshot
 from .export import ENV_GATEWAY, ENV_PORT, Export, enable, push, push_now, registry, resolve, serve, stop
 from .live import LiveCollector, PrefetchTracker, observe, track_prefetch
 from .names import CLUSTER, LOADER, PREFETCH, Family, exposed_names
@@ -26,6 +26,6 @@ __all__ = [
     "CLUSTER", "ENV_GATEWAY", "ENV_PORT", "INSTALL", "LOADER", "PREFETCH",
     "ClusterCollector", "ClusterView", "DatasetView", "Export", "Family", "LiveCollector", "PrefetchTracker",
     "Reader", "Snapshots",
-    "enable", "exposed_names", "observe", "push", "push_now", "registry", "resolve", "serve", "snapshot", "stop",
-    "track_prefetch",
+    "enable", "exposed_names", "observe", "push", "push_now", "registry", "resolve", "serve", "serve_cluster",
+    "snapshot", "stop", "track_prefetch",
 ]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache import Manifest, NodeMemory, ShardCache
-from ..errors import ShardCacheError
+from ..errors import ConfigError, ShardCacheError
 from .client import prometheus
 from .names import CLUSTER
 
-__all__ = ["ClusterCollector", "ClusterView", "DatasetView", "Reader", "Snapshots", "snapshot"]
+__all__ = ["ClusterCollector", "ClusterView", "DatasetView", "Reader", "Snapshots", "serve_cluster", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +207,15 @@ class ClusterCollector:
                 add("shardcache_dataset_leases", [d.name, version], count)
         log.debug("cluster metrics collected in %.3fs", time.monotonic() - started)
         yield from families.values()
+
+
+def serve_cluster(cache: ShardCache, *, port: int = 9410, addr: str = "0.0.0.0", timeout: float = 5.0) -> Any:
+    """Serve :class:`ClusterCollector` of ``cache`` on ``addr:port`` (0: any free port) in a daemon thread,
+    in a registry of its own; return the HTTP server (``server.server_port``, ``server.shutdown()``)."""
+    registry = prometheus("registry").CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(cache, timeout=timeout))
+    try:
+        server, _thread = prometheus("exposition").start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); pick another port") from None
+    return server
