@@ -204,7 +204,9 @@ print("prometheus_client" in sys.modules, len(listening))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCACHE_METRICS")}
     try:
-        out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, env=env
+        )
     finally:
         with connect(redis_url) as cache:
             cache.delete(f"off-{tmp_path.name}", force=True)
