@@ -22,7 +22,7 @@ WORKDIR /tmp/shardcache-src
 COPY pyproject.toml README.md ./
 COPY shardcache ./shardcache
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
-    && pip install ".[kubeflow]" \
+    && pip install ".[kubeflow,metrics]" \
     && cd / && rm -rf /tmp/shardcache-src
 
 # KFP runs a containerized component as `python3 -m kfp.dsl.executor_main --function_to_execute NAME`, which looks
