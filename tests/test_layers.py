@@ -1,6 +1,6 @@
 """The package layering is pinned: a lower unit never imports a higher one, not even inside a function.
 
-``errors`` <- ``units`` <- ``checks`` <- ``cache`` <- ``localcluster``, ``source``, ``sampling``
+``errors`` <- ``units`` <- ``checks`` <- ``cache`` <- ``localcluster``, ``source``, ``sampling``, ``metrics``
 <- ``discovery``, ``prefetcher``, ``dataloader`` <- ``kubeflow_components`` <- the facade, ``demo``
 <- ``cli`` <- ``__main__``. Units of one level never import each other.
 """

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import check_number
-from ..errors import DatasetLocked
+from ..errors import DatasetLocked, ShardCacheError
 from .keys import validate_version
 
 __all__ = ["DatasetLock", "Lease", "delete_if_held", "live_leases"]
@@ -284,7 +284,10 @@ class Lease:
             self._renewer = None
             self._call("ZREM", self.key, self.member)
             if self._beat is not None and self.readers_key is not None:
-                self._call("HDEL", self.readers_key, self.member)
+                try:
+                    self._call("HDEL", self.readers_key, self.member)
+                except ShardCacheError as exc:  # the HASH expires with the lease set
+                    log.warning("could not remove the reader heartbeat of %r: %s", self.dataset, exc)
 
     def __enter__(self) -> Lease:
         if self._renewer is None:

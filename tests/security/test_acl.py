@@ -67,6 +67,8 @@ def test_minimal_acl_user_runs_up_prefetch_load_rm_through_cli_and_library(
         assert json.loads(done.stdout)["state"] == "complete"
         assert name in run("ls", "--redis", secure.url, env=env).stdout
         assert json.loads(run("info", name, "--redis", secure.url, "--json", env=env).stdout)["missing_shards"] == []
+        top = run("top", "--once", "--redis", secure.url, env=env)
+        assert name in top.stdout, top.output
 
         # Library: prefetch another dataset, load both (workers get the credentials by pickling),
         # read one shard through and write it back.
