@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from shardcache.cache import Manifest, ShardCache
+from shardcache.cache import Manifest, ShardCache, connect
 from shardcache.cli import cli
 from shardcache.cli.top import exporter
 from shardcache.dataloader import CachedDataLoader
@@ -221,3 +221,28 @@ def test_monitors_select_the_exporter_and_the_loaders() -> None:
     validate = pytest.importorskip("kubernetes_validate")
     for doc in (deployment, service):
         validate.validate(doc, validate.utils.latest_version(), strict=True)
+
+
+@pytest.mark.faults
+def test_a_stalled_cache_scrapes_as_down_in_time(cluster_factory: Callable[..., Any]) -> None:
+    """A node that stops answering: the scrape reports shardcache_up 0 within the timeout, not after the
+    20 s retry deadline; once the node is back, the cache is up again."""
+    cluster = cluster_factory(masters=1, replicas=0, cluster=False)
+    (port,) = cluster.ports
+    with connect(cluster.url) as cache:
+        server = serve_cluster(cache, port=0, timeout=0.5)
+        try:
+            assert value(scrape(server.server_port), "shardcache_up") == 1
+            cluster.stall_node(port)
+            try:
+                started = time.monotonic()
+                assert value(scrape(server.server_port), "shardcache_up") == 0
+                assert time.monotonic() - started < 5
+            finally:
+                cluster.resume_node(port)
+            deadline = time.monotonic() + 30
+            while value(scrape(server.server_port), "shardcache_up") == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            server.shutdown()
