@@ -78,8 +78,10 @@ class Snapshots:
     def __init__(self, cache: ShardCache) -> None:
         self.cache = cache
         self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     def _manifest(self, name: str, version: str) -> Manifest:
+        self._seen.add((name, version))
         known = self._manifests.get((name, version))
         if known is not None:
             return known
@@ -91,11 +93,13 @@ class Snapshots:
     def take(self) -> ClusterView:
         nodes = self.cache.capacity().nodes
         views = []
+        self._seen: set[tuple[str, str]] = set()
         for name in self.cache.datasets():
             try:
                 views.append(self._dataset(name))
             except ShardCacheError as exc:  # one broken dataset is shown with its error, the others as usual
                 views.append(DatasetView(name=name, error=" ".join(str(exc).split())))
+        self._manifests = {k: m for k, m in self._manifests.items() if k in self._seen}  # removed ones go
         return ClusterView(nodes=tuple(nodes), datasets=tuple(views))
 
     def _dataset(self, name: str) -> DatasetView:

@@ -8,6 +8,7 @@ are exactly what ``loader.stats()`` and the prefetch report say at that moment.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import weakref
@@ -66,6 +67,8 @@ class PrefetchTracker:
         self.ended = time.monotonic()
         if error is not None:
             self.error = type(error).__name__
+        if dataclasses.is_dataclass(self.report) and hasattr(self.report, "manifest"):
+            self.report = dataclasses.replace(self.report, manifest=None)  # kept for scrapes: not its shard table
 
     @property
     def state(self) -> str:
@@ -84,7 +87,7 @@ class PrefetchTracker:
             seconds = r.seconds
         return {
             "shards": shards, "shards_done": done, "written": r.written, "skipped": r.skipped,
-            "failed": len(r.failed), "bytes": r.bytes,
+            "failed": len(r.failed), "uncached": r.uncached, "bytes": r.bytes,
             "bytes_total": max(p.bytes_total if p is not None else 0, r.bytes),
             "progress": done / shards if shards else (1.0 if self.ended is not None else 0.0),
             "rate": r.bytes / seconds if seconds > 0 else 0.0, "seconds": seconds, "state": self.state,

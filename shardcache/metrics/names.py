@@ -68,6 +68,7 @@ PREFETCH = (
     _prefetch("gauge", "shards_written", "written", "Shards written by this run."),
     _prefetch("gauge", "shards_skipped", "skipped", "Shards skipped as already cached."),
     _prefetch("gauge", "shards_failed", "failed", "Shards whose source failed."),
+    _prefetch("gauge", "shards_uncached", "uncached", "Shards left uncached (allow_partial): read through."),
     _prefetch("gauge", "written_bytes", "bytes", "Payload bytes written by this run."),
     _prefetch("gauge", "planned_bytes", "bytes_total", "Payload bytes the run expects to write (an estimate)."),
     _prefetch("gauge", "progress_ratio", "progress", "shards_done / shards."),

@@ -15,7 +15,7 @@ import pytest
 
 from shardcache.cache import Manifest, ShardCache, connect
 from shardcache.dataloader import CachedDataLoader
-from shardcache.errors import ConfigError
+from shardcache.errors import ConfigError, DatasetLocked
 from shardcache.metrics import LOADER, PREFETCH, export, push_now, serve
 from shardcache.prefetcher import run_prefetch
 
@@ -72,7 +72,8 @@ def test_prefetch_metrics_match_the_report(cache: ShardCache, tmp_path: Path) ->
     expected = {
         "shardcache_prefetch_shards": report.shards, "shardcache_prefetch_shards_done": report.shards,
         "shardcache_prefetch_shards_written": report.written, "shardcache_prefetch_shards_skipped": report.skipped,
-        "shardcache_prefetch_shards_failed": len(report.failed), "shardcache_prefetch_written_bytes": report.bytes,
+        "shardcache_prefetch_shards_failed": len(report.failed),
+        "shardcache_prefetch_shards_uncached": report.uncached, "shardcache_prefetch_written_bytes": report.bytes,
         "shardcache_prefetch_progress_ratio": 1.0, "shardcache_prefetch_elapsed_seconds": report.seconds,
         "shardcache_prefetch_bytes_per_second": report.bytes / report.seconds,
     }
@@ -82,6 +83,15 @@ def test_prefetch_metrics_match_the_report(cache: ShardCache, tmp_path: Path) ->
     assert report.bytes > 0
     assert value(samples, "shardcache_prefetch_state", state="complete", **labels) == 1
     assert {f.name for f in PREFETCH} <= set(samples)
+
+
+def test_a_failed_prefetch_reads_failed(cache: ShardCache, tmp_path: Path) -> None:
+    name = unique_name("locked")
+    port = serve(0)
+    with cache.lock(name), pytest.raises(DatasetLocked):
+        run_prefetch(str(write_source(tmp_path / "src", 100)), dataset=name, cache=cache, shard_size="6KiB")
+    states = [labels for labels, v in scrape(port)["shardcache_prefetch_state"] if labels["dataset"] == name]
+    assert [s["state"] for s in states] == ["failed"]
 
 
 class _Gateway(http.server.BaseHTTPRequestHandler):
