@@ -7,7 +7,7 @@ Turned on by :func:`serve` / :func:`push`, by a loader's ``metrics=`` argument, 
 * ``SHARDCACHE_METRICS_PUSHGATEWAY``: push to this Pushgateway URL every
   ``SHARDCACHE_METRICS_PUSH_INTERVAL`` seconds (default 15) and when a prefetch ends: for short-lived
   KFP steps that Prometheus would never scrape. Job ``SHARDCACHE_METRICS_JOB`` (default ``shardcache``),
-  grouped by ``instance`` (the host name).
+  grouped by ``instance`` (the host name, plus ``:LOCAL_RANK`` under torchrun).
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def _from_env(env: Mapping[str, str]) -> Export | None:
         local_rank = env.get("LOCAL_RANK", "0")
         return Export(port=int(port) + (int(local_rank) if local_rank.isdigit() else 0))
     if gateway:
-        return resolve(gateway, env=env)
+        if not gateway.startswith(("http://", "https://")):
+            raise ConfigError(f"{ENV_GATEWAY}={gateway!r} must be a Pushgateway URL, e.g. http://pushgateway:9091")
+        return Export(gateway=gateway)
     return None
 
 
@@ -140,8 +142,15 @@ def push_now(gateway: str, *, job: str | None = None, grouping: Mapping[str, str
     exposition = prometheus("exposition")
     exposition.push_to_gateway(
         gateway, job=job or os.environ.get(ENV_JOB, "shardcache"), registry=registry(),
-        grouping_key=dict(grouping) if grouping is not None else {"instance": socket.gethostname()}, timeout=5,
+        grouping_key=dict(grouping) if grouping is not None else {"instance": default_instance()}, timeout=5,
     )
+
+
+def default_instance() -> str:
+    """The host name, and ``:LOCAL_RANK`` under torchrun: each rank of a pod pushes a group of its own (a push
+    replaces its whole group)."""
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return socket.gethostname() + (f":{local_rank}" if local_rank.isdigit() else "")
 
 
 class _Pusher:

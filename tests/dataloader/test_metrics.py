@@ -222,3 +222,14 @@ print("prometheus_client" in sys.modules, len(listening))
             cache.delete(f"off-{tmp_path.name}", force=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "0"]
+
+
+def test_bad_environment_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(export.ENV_GATEWAY, "pushgateway:9091")
+    with pytest.raises(ConfigError, match="SHARDCACHE_METRICS_PUSHGATEWAY='pushgateway:9091' must be a Pushgateway"):
+        export.resolve(None)
+    monkeypatch.setenv(export.ENV_PORT, "nine")
+    with pytest.raises(ConfigError, match="SHARDCACHE_METRICS_PORT='nine' must be a port"):
+        export.resolve(None)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert export.default_instance().endswith(":3")
