@@ -93,7 +93,7 @@ class Snapshots:
     def take(self) -> ClusterView:
         nodes = self.cache.capacity().nodes
         views = []
-        self._seen: set[tuple[str, str]] = set()
+        self._seen = set()
         for name in self.cache.datasets():
             try:
                 views.append(self._dataset(name))

@@ -67,8 +67,9 @@ class PrefetchTracker:
         self.ended = time.monotonic()
         if error is not None:
             self.error = type(error).__name__
-        if dataclasses.is_dataclass(self.report) and hasattr(self.report, "manifest"):
-            self.report = dataclasses.replace(self.report, manifest=None)  # kept for scrapes: not its shard table
+        report = self.report
+        if dataclasses.is_dataclass(report) and not isinstance(report, type) and hasattr(report, "manifest"):
+            self.report = dataclasses.replace(report, manifest=None)  # kept for scrapes: not its shard table
 
     @property
     def state(self) -> str:
