@@ -45,7 +45,8 @@ return 0
 # not cut a long one short.
 # With a second key (the dataset's readers HASH, same hash tag), the renewal also stores the reader's
 # heartbeat (ARGV[3], JSON) under its member, drops the heartbeats of the leases that just expired,
-# and lets the HASH expire with the lease set.
+# and lets the HASH expire with the lease set. With pcall: a readers key of the wrong type (planted by
+# something else) costs the heartbeat, never the lease.
 _LEASE_PUT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,10 +58,10 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local expiry = math.floor(tonumber(last[2])) + 60000
 redis.call('PEXPIREAT', KEYS[1], expiry)
 if #KEYS > 1 then
-  if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+  if #gone > 0 then redis.pcall('HDEL', KEYS[2], unpack(gone)) end
   if ARGV[3] then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-    redis.call('PEXPIREAT', KEYS[2], expiry)
+    redis.pcall('HSET', KEYS[2], ARGV[1], ARGV[3])
+    redis.pcall('PEXPIREAT', KEYS[2], expiry)
   end
 end
 return 1

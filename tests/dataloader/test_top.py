@@ -246,3 +246,22 @@ def test_a_stalled_cache_scrapes_as_down_in_time(cluster_factory: Callable[..., 
                 time.sleep(0.2)
         finally:
             server.shutdown()
+
+
+def test_a_planted_readers_key_costs_the_heartbeat_not_the_lease(
+    cache: ShardCache, make_dataset: Callable[..., Manifest]
+) -> None:
+    manifest = make_dataset(rows=100)
+    key = cache.keys.readers(manifest.name)
+    cache.call("set", key, "not a hash")
+    try:
+        loader = CachedDataLoader(manifest.name, cache=cache, batch_size=25, lease_ttl=0.3)
+        iterator = iter(loader)
+        next(iterator)
+        time.sleep(0.4)  # renewals went on
+        (reader,) = reader_of(cache, manifest.name)
+        assert reader.beat == {}
+        assert reader.expires_in > 0
+        assert sum(1 for _ in iterator) == 3
+    finally:
+        cache.call("delete", key)
