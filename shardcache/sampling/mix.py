@@ -71,10 +71,21 @@ def interleave(counts: Sequence[int]) -> npt.NDArray[np.int64]:
     """The stream of each position of a mixed stream: stream ``s``'s ``k``-th sample sits at the rank of
     ``(k + 1/2) / counts[s]`` among all (ties to the earlier stream), so every prefix holds each stream
     in its ratio, within one sample."""
-    empty = np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([empty, *((np.arange(n, dtype=np.float64) * 2 + 1) / (2 * n) for n in counts if n > 0)])
-    owners = np.concatenate([empty, *(np.full(n, s, dtype=np.int64) for s, n in enumerate(counts) if n > 0)])
-    return owners[np.lexsort((owners, keys))].astype(np.int64)
+    counts = [int(n) for n in counts]
+    owners = np.empty(sum(counts), dtype=np.int64)
+    for s, q in enumerate(counts):
+        if q <= 0:
+            continue
+        k2 = np.arange(q, dtype=np.int64) * 2 + 1  # (k + 1/2) / q, doubled: exact integer comparisons
+        position = np.arange(q, dtype=np.int64)
+        for t, n in enumerate(counts):
+            if t == s or n <= 0:
+                continue
+            # Samples j of stream t before: (2j + 1) * q < (2k + 1) * n, or <= for an earlier stream.
+            slack = k2 * n - q - (1 if t > s else 0)
+            position += np.clip(slack // (2 * q) + 1, 0, n)
+        owners[position] = s
+    return owners
 
 
 def mix_stream(
@@ -85,6 +96,8 @@ def mix_stream(
     if sum(shards for shards, _ in parts) != len(rows):
         raise ConfigError(f"the mix's parts {list(parts)!r} do not cover the {len(rows)} shards of its rows")
     offsets = row_offsets(rows)
+    if len(parts) == 1:
+        return stream_take(rows, seed=seed, stream=0, start=epoch * parts[0][1], count=parts[0][1], shuffle=shuffle)
     owners = interleave([quota for _, quota in parts])
     out = np.empty(len(owners), dtype=np.int64)
     first = 0
