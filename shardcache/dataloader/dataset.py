@@ -30,8 +30,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..cache import Manifest, ShardCache, connect
-from ..cache.keys import check_dataset_name
+from ..cache import ShardCache, connect
 from ..errors import CacheUnavailable, ConfigError
 from ..sampling import default_window
 from .checks import check_bool, check_callable, check_int, check_seconds, check_size
@@ -40,7 +39,7 @@ from .mix import resolve_mix
 from .plan import EpochPlan, PlanSegment
 from .spec import IterSpec, SharedSpec
 from .state import rows_digest
-from .stream import Stream
+from .stream import Stream, as_streams
 from .tensors import BufferPool
 from .worker import iterate_batches
 
@@ -105,7 +104,7 @@ class CachedDataset(IterableDataset[Any]):
         epoch_size: int | None = None,
     ) -> None:
         super().__init__()
-        streams = _as_streams(name, version)
+        streams = as_streams(name, version)
         self.shuffle = check_bool("shuffle", shuffle)
         self.seed = check_int("seed", seed, minimum=0, fix="pass an integer >= 0")
         self._rank_arg, self._world_size_arg = _check_ranks(rank, world_size)
@@ -135,8 +134,7 @@ class CachedDataset(IterableDataset[Any]):
         self.version = self.mix.version
         self.rows = self.mix.rows
         if self.prefetch_transform is not None:
-            for part in self.mix.parts:
-                _check_prefetch_transform(self.prefetch_transform, part.manifest)
+            self.mix.check_prefetch_transform(self.prefetch_transform)
         self._epoch = 0
         self._shared = SharedSpec()
         self._active: IterSpec | None = None
@@ -427,18 +425,6 @@ class CachedDataset(IterableDataset[Any]):
         return ours
 
 
-def _as_streams(name: object, version: str | None) -> tuple[Stream, ...]:
-    if isinstance(name, str):
-        check_dataset_name(name, argument="name")
-        return (Stream(name, version=version),)
-    streams = (name,) if isinstance(name, Stream) else name
-    if not isinstance(streams, Sequence) or not streams or not all(isinstance(s, Stream) for s in streams):
-        raise ConfigError(f"name={name!r} is invalid: pass a dataset name, or a list of Stream(name, ...) to mix")
-    if version is not None:
-        raise ConfigError(f"version={version!r} given with streams: give each Stream its version= instead")
-    return tuple(streams)
-
-
 def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | None]:
     if (rank is None) != (world_size is None):
         raise ConfigError(
@@ -451,15 +437,3 @@ def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | No
     if r >= world:
         raise ConfigError(f"rank={r} is invalid for world_size={world}: pass 0 <= rank < world_size")
     return r, world
-
-
-def _check_prefetch_transform(transform: Callable[[Any], Any], manifest: Manifest) -> None:
-    from ..source.transform import transform_id
-
-    given = transform_id(transform)
-    if given != manifest.transform_id:
-        raise ConfigError(
-            f"prefetch_transform={given!r} is not the transform {manifest.transform_id!r} that "
-            f"{manifest.name!r} version {manifest.version} was prefetched with; pass that one "
-            "(read-through rebuilds shards with it)"
-        )

@@ -96,6 +96,19 @@ class Mix:
             {"name": p.manifest.name, "version": p.manifest.version, "samples": p.quota} for p in self.parts
         ] + ([{"epoch_size": self.epoch_size}] if self.epoch_size is not None else [])
 
+    def check_prefetch_transform(self, transform: Any) -> None:
+        """ConfigError unless ``transform`` is the one every stream's version was prefetched with."""
+        from ..source.transform import transform_id
+
+        given = transform_id(transform)
+        for part in self.parts:
+            m = part.manifest
+            if given != m.transform_id:
+                raise ConfigError(
+                    f"prefetch_transform={given!r} is not the transform {m.transform_id!r} that {m.name!r} version "
+                    f"{m.version} was prefetched with; pass that one (read-through rebuilds shards with it)"
+                )
+
     def with_manifests(self, manifests: Sequence[Manifest]) -> Mix:
         """The same mix over re-read manifests (of a still-loading version): the shard tables must not change."""
         parts = []

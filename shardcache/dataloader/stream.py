@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..sampling import quotas
 from .checks import check_int
 
-__all__ = ["Stream", "stream_quotas"]
+__all__ = ["Stream", "as_streams", "stream_quotas"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,16 @@ def stream_quotas(
                 f"stream {label} gets no sample in an epoch of {sum(out)}: raise epoch_size or its weight"
             )
     return out
+
+
+def as_streams(name: object, version: str | None) -> tuple[Stream, ...]:
+    """The streams of a CachedDataset's ``name`` argument: one dataset name (and its ``version``), or Streams."""
+    if isinstance(name, str):
+        check_dataset_name(name, argument="name")
+        return (Stream(name, version=version),)
+    streams = (name,) if isinstance(name, Stream) else name
+    if not isinstance(streams, Sequence) or not streams or not all(isinstance(s, Stream) for s in streams):
+        raise ConfigError(f"name={name!r} is invalid: pass a dataset name, or a list of Stream(name, ...) to mix")
+    if version is not None:
+        raise ConfigError(f"version={version!r} given with streams: give each Stream its version= instead")
+    return tuple(streams)

@@ -18,7 +18,7 @@ from shardcache.dataloader import CachedDataLoader, CachedDataset, Stream
 from shardcache.errors import ConfigError, DatasetInUse
 from shardcache.prefetcher import prefetch
 
-from .conftest import make_table, run_ranks, unique_name
+from .conftest import make_table, unique_name
 from .test_resume import check_resumption, id_batches
 
 A_ROWS, B_ROWS = 240, 150
@@ -45,7 +45,8 @@ def mixed(cache: ShardCache, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "b": _prefetch(cache, root / "b", make_table(B_ROWS, start=B_START), names["b"]),
         "odd": _prefetch(cache, root / "odd", odd, names["odd"]),
     }
-    assert out["a"].num_shards >= 3 and out["b"].num_shards >= 2
+    assert out["a"].num_shards >= 3
+    assert out["b"].num_shards >= 2
     yield out
     for name in names.values():
         cache.delete(name, force=True)
@@ -108,7 +109,7 @@ def test_with_two_workers_the_batches_are_the_same(mixed, cache):
     streams = [Stream(mixed["a"].name, weight=2), Stream(mixed["b"].name, weight=1)]
     for world_size in (1, 3):
         for rank in range(world_size):
-            options = dict(cache=cache, batch_size=9, rank=rank, world_size=world_size)
+            options = {"cache": cache, "batch_size": 9, "rank": rank, "world_size": world_size}
             plain = CachedDataLoader(streams, **options)
             workers = CachedDataLoader(streams, num_workers=2, **options)
             for loader in (plain, workers):
@@ -152,7 +153,8 @@ def test_epoch_size_on_one_dataset_shortens_or_lengthens_the_epoch(mixed, cache)
     assert set(short) == set(range(A_ROWS))
     long = ids_of_epoch(name, cache, 0, epoch_size=A_ROWS * 2 + 10)
     assert len(long) == 2 * A_ROWS + 10
-    assert set(Counter(long).values()) <= {2, 3} and set(long) == set(range(A_ROWS))
+    assert set(Counter(long).values()) <= {2, 3}
+    assert set(long) == set(range(A_ROWS))
     whole = ids_of_epoch(name, cache, 1)
     assert ids_of_epoch(name, cache, 1, epoch_size=A_ROWS) == whole, "epoch_size = rows plans as without it"
 
@@ -178,7 +180,7 @@ def test_resume_of_a_mix_mid_epoch_yields_exactly_the_rest(mixed, cache):
 def test_elastic_resume_of_a_mix_delivers_each_planned_sample_once(mixed, cache, before, after, drop_last):
     streams = [Stream(mixed["a"].name, samples=130), Stream(mixed["b"].name, samples=190)]
     batch_size = 8
-    options = dict(cache=cache, batch_size=batch_size, drop_last=drop_last)
+    options = {"cache": cache, "batch_size": batch_size, "drop_last": drop_last}
     planned = Counter(epoch_of(streams, cache, 1, 2, batch_size=1))  # one rank, batch 1: the plan itself
     assert per_stream(list(planned.elements())) == {"a": 130, "b": 190}
     delivered: Counter[int] = Counter()
@@ -236,10 +238,12 @@ def test_stats_per_stream_and_leases_on_every_version(mixed, cache):
             cache.delete(m.name)
     for _ in iterator:
         pass
-    assert cache.leases(a.name) == [] and cache.leases(b.name) == []
+    assert cache.leases(a.name) == []
+    assert cache.leases(b.name) == []
     stats = loader.stats()
     assert set(stats.streams) == {a.name, b.name}
-    assert stats.streams[a.name].samples == 50 and stats.streams[b.name].samples == 70
+    assert stats.streams[a.name].samples == 50
+    assert stats.streams[b.name].samples == 70
     assert stats.samples == 120
     for m in (a, b):
         assert stats.streams[m.name].hits >= 1
