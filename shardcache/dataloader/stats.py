@@ -30,7 +30,6 @@ class StreamStats:
     written_back: int = 0
     bytes_read: int = 0
     source_rows: int = 0
-    received_in_place: int = 0
 
 
 _STREAM_FIELDS = tuple(f.name for f in fields(StreamStats))

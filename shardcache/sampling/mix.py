@@ -71,21 +71,31 @@ def interleave(counts: Sequence[int]) -> npt.NDArray[np.int64]:
     """The stream of each position of a mixed stream: stream ``s``'s ``k``-th sample sits at the rank of
     ``(k + 1/2) / counts[s]`` among all (ties to the earlier stream), so every prefix holds each stream
     in its ratio, within one sample."""
-    counts = [int(n) for n in counts]
-    owners = np.empty(sum(counts), dtype=np.int64)
-    for s, q in enumerate(counts):
-        if q <= 0:
-            continue
-        k2 = np.arange(q, dtype=np.int64) * 2 + 1  # (k + 1/2) / q, doubled: exact integer comparisons
-        position = np.arange(q, dtype=np.int64)
-        for t, n in enumerate(counts):
-            if t == s or n <= 0:
-                continue
-            # Samples j of stream t before: (2j + 1) * q < (2k + 1) * n, or <= for an earlier stream.
-            slack = k2 * n - q - (1 if t > s else 0)
-            position += np.clip(slack // (2 * q) + 1, 0, n)
+    owners = np.empty(sum(int(n) for n in counts), dtype=np.int64)
+    for s, position in enumerate(positions(counts)):
         owners[position] = s
     return owners
+
+
+def positions(counts: Sequence[int]) -> list[npt.NDArray[np.int64]]:
+    """Where each stream's samples sit in the mixed stream (see :func:`interleave`), stream by stream."""
+    counts = [int(n) for n in counts]
+    out = []
+    for s, q in enumerate(counts):
+        position = np.arange(q, dtype=np.int64)
+        k2 = position * 2 + 1  # (k + 1/2) / q, doubled: exact integer comparisons
+        for t, n in enumerate(counts):
+            if t == s or n <= 0 or q <= 0:
+                continue
+            # Samples j of stream t before: (2j + 1) * q < (2k + 1) * n, or <= for an earlier stream.
+            before = k2 * n
+            before -= q + (1 if t > s else 0)
+            before //= 2 * q
+            before += 1
+            np.clip(before, 0, n, out=before)
+            position += before
+        out.append(position)
+    return out
 
 
 def mix_stream(
@@ -98,12 +108,12 @@ def mix_stream(
     offsets = row_offsets(rows)
     if len(parts) == 1:
         return stream_take(rows, seed=seed, stream=0, start=epoch * parts[0][1], count=parts[0][1], shuffle=shuffle)
-    owners = interleave([quota for _, quota in parts])
-    out = np.empty(len(owners), dtype=np.int64)
+    out = np.empty(sum(quota for _, quota in parts), dtype=np.int64)
     first = 0
-    for s, (shards, quota) in enumerate(parts):
+    for s, ((shards, quota), position) in enumerate(zip(parts, positions([q for _, q in parts]), strict=True)):
         local = rows[first : first + shards]
         chunk = stream_take(local, seed=seed, stream=s, start=epoch * quota, count=quota, shuffle=shuffle)
-        out[owners == s] = chunk + offsets[first]
+        chunk += offsets[first]
+        out[position] = chunk
         first += shards
     return out
