@@ -77,7 +77,7 @@ class LoaderStats:
     elapsed_seconds: float = 0.0
     reused_buffers: int = 0
     received_in_place: int = 0
-    streams: Mapping[str, StreamStats] = field(default_factory=dict)
+    streams: Mapping[str, StreamStats] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_totals(cls, totals: Mapping[str, float], labels: Sequence[str] = ()) -> LoaderStats:
