@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 
 from .source import ShardSource
+from .tensors import ROW_COPY_BYTES, BatchBuilder, Prepared, ShardViews, copy_rows, row_runs
 
 if TYPE_CHECKING:
     from .mix import MixSource
-from .tensors import ROW_COPY_BYTES, BatchBuilder, Prepared, ShardViews, copy_rows, row_runs
 
 __all__ = ["InPlace", "Use"]
 

@@ -54,7 +54,7 @@ from .spec import IterSpec
 from .state import LoaderState, merge_rank_states
 from .stats import LoaderStats, stream_keys
 from .stream import Stream
-from .worker import TaggedBatch, chunk_batches, drop_lease, raise_error, take_lease
+from .worker import TaggedBatch, chunk_batches, drop_leases, raise_error, take_leases
 
 __all__ = ["CachedDataLoader"]
 
@@ -248,7 +248,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         ds.refresh()
         run = self._next_run()
         # First: a refused lease (AccessDenied) keeps a loaded resume point.
-        leases = [take_lease(ds.cache, name, version, ttl=ds.lease_ttl) for name, version in ds.mix.versions]
+        leases = take_leases(ds.cache, ds.mix.versions, ttl=ds.lease_ttl)
         per_stream = ds.stream_counts(run.spec)  # a mix's samples per stream of each batch, else None
         self._resume = None
         self._consumed = run.spec.start
@@ -287,8 +287,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         finally:
             source = ordered = None  # see _in_order: the workers stop now, not with a traceback
             forget_gone(self._pools)
-            for lease, (name, _) in zip(leases, ds.mix.versions, strict=True):
-                drop_lease(lease, name)
+            drop_leases(leases, ds.mix.versions)
 
     def _in_order(self, source: Any, run: _Run) -> Iterator[tuple[int, int, Any]]:
         pending: dict[int, TaggedBatch] = {}

@@ -40,6 +40,8 @@ __all__ = [
     "raise_error",
     "shard_schedule",
     "take_lease",
+    "take_leases",
+    "drop_leases",
     "worker_batches",
 ]
 
@@ -182,6 +184,24 @@ def take_lease(cache: ShardCache, name: str, version: str, *, ttl: float) -> Lea
         return None
 
 
+def take_leases(cache: ShardCache, versions: Sequence[tuple[str, str]], *, ttl: float) -> list[Lease | None]:
+    """A lease on each ``(name, version)`` (a mix reads several), or none: those taken are dropped on an error."""
+    leases: list[Lease | None] = []
+    try:
+        for name, version in versions:
+            leases.append(take_lease(cache, name, version, ttl=ttl))
+    except BaseException:
+        drop_leases(leases, versions)
+        raise
+    return leases
+
+
+def drop_leases(leases: Sequence[Lease | None], versions: Sequence[tuple[str, str]]) -> None:
+    """Release what :func:`take_leases` took, without raising."""
+    for lease, (name, _) in zip(leases, versions, strict=False):
+        drop_lease(lease, name)
+
+
 def drop_lease(lease: Lease | None, name: str) -> None:
     """Release ``lease`` without raising: every batch was delivered, and an unreleased lease expires by itself."""
     if lease is None:
@@ -225,7 +245,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
             uses.extend((pos, size, rows, positions) for shard, rows, positions in groups if shard == index)
         return inplace.load(index, uses)
 
-    leases = [take_lease(ctx.cache, n, v, ttl=ctx.lease_ttl) for n, v in ctx.versions] if spec.lease else []
+    leases = take_leases(ctx.cache, ctx.versions, ttl=ctx.lease_ttl) if spec.lease else []
     threads = ctx.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ctx.readahead, threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
@@ -264,5 +284,4 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         ahead.close()
         if inplace is not None:
             inplace.close()
-        for lease, (name, _) in zip(leases, ctx.versions, strict=False):
-            drop_lease(lease, name)
+        drop_leases(leases, ctx.versions)

@@ -293,3 +293,22 @@ def test_two_versions_of_one_dataset_mix_under_labels_with_the_version(mixed, ca
         assert set(loader.stats().streams) == {f"{a.name}@{a.version}", f"{a.name}@{v2.version}"}
     finally:
         cache.delete(a.name, version=v2.version, force=True)
+
+
+def test_a_shard_missing_from_one_stream_is_read_through_from_its_own_source(cache, tmp_path):
+    a = _prefetch(cache, tmp_path / "a", make_table(90), unique_name("mix-rt-a"))
+    b = _prefetch(cache, tmp_path / "b", make_table(70, start=B_START), unique_name("mix-rt-b"))
+    try:
+        streams = [Stream(a.name, samples=60), Stream(b.name, samples=100)]
+        expected = id_batches(CachedDataLoader(streams, cache=cache, batch_size=16))
+        cache.client.delete(*(cache.keys.chunk(b.shards[1].key, c) for c in range(b.shards[1].chunks)))
+        assert cache.missing_shards(b) == [1]
+        loader = CachedDataLoader(streams, cache=cache, batch_size=16)
+        assert id_batches(loader) == expected
+        stats = loader.stats().streams
+        assert (stats[b.name].misses, stats[b.name].read_throughs, stats[b.name].written_back) == (1, 1, 1)
+        assert (stats[a.name].misses, stats[a.name].read_throughs) == (0, 0)
+        assert cache.missing_shards(b) == []
+    finally:
+        for m in (a, b):
+            cache.delete(m.name, force=True)
