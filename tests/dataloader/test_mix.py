@@ -123,6 +123,12 @@ def test_two_workers_deliver_the_quotas(mixed, cache):
     check_quota(ids, {"a": 100, "b": 170}, world_size=2, batch_size=12, drop_last=False)
     plain = epoch_of(streams, cache, 2, 0, batch_size=12)
     assert ids == plain, "the order does not depend on the number of workers"
+    loader = CachedDataLoader(streams, cache=cache, batch_size=12, num_workers=2)
+    list(loader)
+    stats = loader.stats()  # counted in the workers, per stream
+    assert stats.hits == sum(s.hits for s in stats.streams.values())
+    assert all(s.hits >= 1 and s.bytes_read > 0 for s in stats.streams.values())
+    assert [s.samples for s in stats.streams.values()] == [100, 170]
 
 
 def test_an_undersampled_stream_covers_its_rows_over_epochs_and_an_upsampled_one_wraps(mixed, cache):
