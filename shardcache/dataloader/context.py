@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cache import Manifest, ShardCache
+from .mix import Mix, MixSource
 from .plan import EpochPlan
+from .source import ShardSource
+from .stats import Counters
 from .tensors import BufferPool, ColumnSpec
 
 __all__ = ["ReadContext"]
@@ -35,6 +38,7 @@ class ReadContext:
         read_through, write_back, prefetch_transform: how shards the cache cannot serve are rebuilt.
         lease_ttl: seconds a reader's lease outlives a reader that died.
         output_pool: the main process's batch buffers, reused from epoch to epoch (None in workers).
+        mix: the streams of a mix (global shard -> stream's version); None or one stream: ``manifest``'s.
     """
 
     cache: ShardCache
@@ -50,11 +54,29 @@ class ReadContext:
     prefetch_transform: Callable[[Any], Any] | None
     lease_ttl: float
     output_pool: BufferPool | None = None
+    mix: Mix | None = None
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        return self.manifest.name if self.mix is None else self.mix.name
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def versions(self) -> tuple[tuple[str, str], ...]:
+        """``(name, version)`` of every version read: a reader holds a lease on each."""
+        return ((self.manifest.name, self.manifest.version),) if self.mix is None else self.mix.versions
+
+    def shard_source(self, counters: Counters) -> ShardSource | MixSource:
+        """Loads the plan's (global) shards, counting into ``counters``."""
+        if self.mix is None or len(self.mix.parts) == 1:
+            return ShardSource(
+                cache=self.cache, manifest=self.manifest, counters=counters, read_through=self.read_through,
+                write_back=self.write_back, prefetch_transform=self.prefetch_transform,
+            )  # fmt: skip
+        return MixSource(
+            cache=self.cache, mix=self.mix, counters=counters, read_through=self.read_through,
+            write_back=self.write_back, prefetch_transform=self.prefetch_transform,
+        )  # fmt: skip

@@ -4,6 +4,10 @@
 >>> for batch in ds:                                                                       # doctest: +SKIP
 ...     images, labels = batch["image"], batch["label"]
 
+A mix of several cached datasets (``stream.py`` for the quota rule, ``mix.py`` for how it is read)::
+
+    CachedDataset([Stream("web", weight=0.7), Stream("books", weight=0.3)], cache=url, epoch_size=100_000)
+
 Usually wrapped in :class:`~shardcache.dataloader.CachedDataLoader`, which adds workers in plan order,
 ``state_dict`` and stats. On its own (or in a plain ``DataLoader(ds, batch_size=None)``) it yields the
 same batches; with workers a plain DataLoader interleaves them in another order.
@@ -26,15 +30,17 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..cache import Manifest, ShardCache, connect
-from ..cache.keys import check_dataset_name
+from ..cache import ShardCache, connect
 from ..errors import CacheUnavailable, ConfigError
 from ..sampling import default_window
 from .checks import check_bool, check_callable, check_int, check_seconds, check_size
 from .context import ReadContext
+from .mix import resolve_mix
 from .plan import EpochPlan, PlanSegment
 from .spec import IterSpec, SharedSpec
-from .tensors import BufferPool, column_specs
+from .state import rows_digest
+from .stream import Stream, as_streams
+from .tensors import BufferPool
 from .worker import iterate_batches
 
 __all__ = ["CachedDataset"]
@@ -46,7 +52,8 @@ class CachedDataset(IterableDataset[Any]):
     """The batches of one rank of a cached dataset version, for one epoch at a time.
 
     Args:
-        name: the dataset's name in the cache.
+        name: the dataset's name in the cache, or a mix: a list of :class:`Stream` (each with its version,
+            weight or samples, and columns); see ``stream.py`` for how quotas are fixed.
         cache: a :class:`~shardcache.ShardCache` or its URL (default: ``SHARDCACHE_REDIS_URL``).
         version: the version to read (default: the newest, complete or still loading).
         columns: the columns to read (default: all).
@@ -69,11 +76,13 @@ class CachedDataset(IterableDataset[Any]):
         read_threads: shards loaded at the same time by each worker (default 2), or by the main process
             when there are no workers (default 3: nothing else reads beside it).
         lease_ttl: seconds a reader's lease outlives a reader that died; renewed while iterating.
+        epoch_size: samples an epoch (default: every row once; a mix: see ``stream.py``). Fewer than
+            the rows continue where the previous epoch stopped, more wrap into another pass.
     """
 
     def __init__(
         self,
-        name: str,
+        name: str | Stream | Sequence[Stream],
         *,
         cache: ShardCache | str | None = None,
         version: str | None = None,
@@ -92,9 +101,10 @@ class CachedDataset(IterableDataset[Any]):
         readahead: int | str | None = None,
         read_threads: int | None = None,
         lease_ttl: float | str = 60.0,
+        epoch_size: int | None = None,
     ) -> None:
         super().__init__()
-        check_dataset_name(name, argument="name")
+        streams = as_streams(name, version)
         self.shuffle = check_bool("shuffle", shuffle)
         self.seed = check_int("seed", seed, minimum=0, fix="pass an integer >= 0")
         self._rank_arg, self._world_size_arg = _check_ranks(rank, world_size)
@@ -116,15 +126,15 @@ class CachedDataset(IterableDataset[Any]):
             self.cache = connect(cache)
         else:
             raise ConfigError(f"cache={cache!r} is invalid: pass a ShardCache or a redis:// URL")
-        self.manifest = self.cache.manifest(name, version)
-        self.name = name
-        self.version = self.manifest.version
-        self.column_specs = column_specs(self.manifest.schema, columns)
-        self.rows = tuple(s.rows for s in self.manifest.shards)
-        if not sum(self.rows):
-            raise ConfigError(f"dataset {name!r} version {self.version} has no rows; prefetch a non-empty source")
+        fix = "pass the samples of an epoch, at least 1, or None"
+        self.epoch_size = check_int("epoch_size", epoch_size, minimum=1, fix=fix, optional=True)
+        self.mix, self.column_specs = resolve_mix(self.cache, streams, columns=columns, epoch_size=self.epoch_size)
+        self.manifest = self.mix.parts[0].manifest  # a mix's first stream's
+        self.name = self.mix.name
+        self.version = self.mix.version
+        self.rows = self.mix.rows
         if self.prefetch_transform is not None:
-            _check_prefetch_transform(self.prefetch_transform, self.manifest)
+            self.mix.check_prefetch_transform(self.prefetch_transform)
         self._epoch = 0
         self._shared = SharedSpec()
         self._active: IterSpec | None = None
@@ -137,6 +147,20 @@ class CachedDataset(IterableDataset[Any]):
 
     def __repr__(self) -> str:
         return f"CachedDataset({self.name!r}, version={self.version!r}, cache={self.cache!r})"
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The label of each stream (the dataset's name alone for one dataset), as ``stats().streams`` keys them."""
+        return self.mix.labels
+
+    def identity(self) -> dict[str, Any]:
+        """What a state dict records of the data read, so that it cannot be loaded into another."""
+        identity = {"dataset": self.name, "version": self.version, "seed": self.seed, "shuffle": self.shuffle,
+                    "rows": rows_digest(self.rows)}  # fmt: skip
+        mix = self.mix.identity()
+        if mix is not None:
+            identity["mix"] = mix
+        return identity
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -244,12 +268,19 @@ class CachedDataset(IterableDataset[Any]):
             plan = EpochPlan.build(
                 rows=self.rows, seed=self.seed, epoch=spec.epoch, shuffle=self.shuffle, window=spec.window,
                 world_size=spec.world_size, rank=spec.rank, batch_size=spec.batch_size,
-                drop_last=spec.drop_last, history=spec.history,
+                drop_last=spec.drop_last, history=spec.history, mix=self.mix.plan_parts,
             )  # fmt: skip
             if len(self._plans) >= 4:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
         return plan
+
+    def stream_counts(self, spec: IterSpec) -> np.ndarray | None:
+        """A mix's samples of each stream in each batch of ``spec``'s plan (``[batch, stream]``), else None."""
+        if len(self.mix.parts) < 2:
+            return None
+        plan = self.plan(spec)
+        return self.mix.batch_stream_counts(plan.shard_of, plan.samples, plan.batch_size)
 
     def __len__(self) -> int:
         """Batches this rank yields in an epoch (the same on every rank)."""
@@ -265,9 +296,12 @@ class CachedDataset(IterableDataset[Any]):
     @property
     def shard_nbytes(self) -> list[int]:
         """Bytes of each shard: as recorded, or the mean of the recorded ones for shards not cached yet."""
-        recorded = [s.nbytes for s in self.manifest.shards if s.cached]
-        mean = int(np.mean(recorded)) if recorded else 1 << 20
-        return [s.nbytes if s.cached else mean for s in self.manifest.shards]
+        out = []
+        for part in self.mix.parts:
+            recorded = [s.nbytes for s in part.manifest.shards if s.cached]
+            mean = int(np.mean(recorded)) if recorded else 1 << 20
+            out += [s.nbytes if s.cached else mean for s in part.manifest.shards]
+        return out
 
     def readahead_bytes(self, window: int) -> int:
         """Bytes of shards each worker may hold with shuffle window ``window``: as given, else two
@@ -294,23 +328,20 @@ class CachedDataset(IterableDataset[Any]):
             shard_nbytes=tuple(self.shard_nbytes), readahead=self.readahead_bytes(spec.window),
             read_threads=self.read_threads, transform=self.transform, read_through=self.read_through,
             write_back=self.write_back, prefetch_transform=self.prefetch_transform, lease_ttl=self.lease_ttl,
-            output_pool=None if in_worker else self.output_pool(),
+            output_pool=None if in_worker else self.output_pool(), mix=None if self.mix.single else self.mix,
         )  # fmt: skip
 
     def refresh(self) -> None:
-        """Re-read a still-loading manifest, so that shards written since are read from the cache."""
-        if self.manifest.state != "loading":
+        """Re-read still-loading manifests, so that shards written since are read from the cache."""
+        manifests = [part.manifest for part in self.mix.parts]
+        if all(m.state != "loading" for m in manifests):
             return
         try:
-            manifest = self.cache.manifest(self.name, self.version)
+            manifests = [self.cache.manifest(m.name, m.version) if m.state == "loading" else m for m in manifests]
         except CacheUnavailable:
             return  # shards are read through; each one is looked up again when it is read
-        if tuple(s.rows for s in manifest.shards) != self.rows:
-            raise ConfigError(
-                f"the shard table of {self.name!r} version {self.version} changed while loading; "
-                "build the dataset again"
-            )
-        self.manifest = manifest
+        self.mix = self.mix.with_manifests(manifests)
+        self.manifest = self.mix.parts[0].manifest
 
     def bind(self, *, batch_size: int, drop_last: bool, owner: object) -> None:
         """Give the dataset to one CachedDataLoader, which then decides what each iteration reads."""
@@ -406,15 +437,3 @@ def _check_ranks(rank: object, world_size: object) -> tuple[int | None, int | No
     if r >= world:
         raise ConfigError(f"rank={r} is invalid for world_size={world}: pass 0 <= rank < world_size")
     return r, world
-
-
-def _check_prefetch_transform(transform: Callable[[Any], Any], manifest: Manifest) -> None:
-    from ..source.transform import transform_id
-
-    given = transform_id(transform)
-    if given != manifest.transform_id:
-        raise ConfigError(
-            f"prefetch_transform={given!r} is not the transform {manifest.transform_id!r} that "
-            f"{manifest.name!r} version {manifest.version} was prefetched with; pass that one "
-            "(read-through rebuilds shards with it)"
-        )

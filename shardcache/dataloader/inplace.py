@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from .source import ShardSource
 from .tensors import ROW_COPY_BYTES, BatchBuilder, Prepared, ShardViews, copy_rows, row_runs
+
+if TYPE_CHECKING:
+    from .mix import MixSource
 
 __all__ = ["InPlace", "Use"]
 
@@ -38,7 +41,7 @@ Use = tuple[int, int, np.ndarray, np.ndarray]
 class InPlace:
     """Loads shards into the batches that use them (see the module docstring); thread-safe."""
 
-    def __init__(self, builder: BatchBuilder, source: ShardSource) -> None:
+    def __init__(self, builder: BatchBuilder, source: ShardSource | MixSource) -> None:
         self._builder = builder
         self._source = source
         tensors = [s for s in builder.specs if s.kind == "tensor" and s.dtype is not None]
@@ -85,7 +88,7 @@ class InPlace:
             self._builder.discard(prepared)
 
     def _load(self, index: int, uses: Sequence[Use]) -> ShardViews:
-        rows = self._source.manifest.shards[index].rows
+        rows = self._source.shard_rows(index)
         offset, into = self._into(rows, uses)
         table, payload = self._source.load_into(index, into)
         views = self._builder.views(table, shard=index)

@@ -34,7 +34,7 @@ import math
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -52,9 +52,10 @@ from .plan import PlanSegment, resume_point
 from .sampler import EpochSampler
 from .slots import POOL_SLOTS, forget, forget_gone
 from .spec import IterSpec
-from .state import LoaderState, merge_rank_states, rows_digest
-from .stats import LoaderStats
-from .worker import TaggedBatch, chunk_batches, drop_lease, raise_error, take_lease
+from .state import LoaderState, merge_rank_states
+from .stats import LoaderStats, stream_keys
+from .stream import Stream
+from .worker import TaggedBatch, chunk_batches, drop_leases, raise_error, take_leases
 
 __all__ = ["CachedDataLoader"]
 
@@ -93,8 +94,9 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
     """A DataLoader of whole batches of a cached dataset, exactly once per epoch across ranks.
 
     Args:
-        dataset: a :class:`CachedDataset`, or a dataset name (then ``cache`` and ``dataset_options``,
-            e.g. ``columns=``, ``seed=``, ``transform=``, build it).
+        dataset: a :class:`CachedDataset`, a dataset name, or a mix (a list of :class:`Stream`); with a
+            name or a mix, ``cache`` and ``dataset_options`` (e.g. ``columns=``, ``seed=``, ``epoch_size=``,
+            ``transform=``) build the CachedDataset.
         batch_size, drop_last: as in PyTorch; every rank yields the same number of batches.
         collate_fn: called in the worker on each batch dict (after the dataset's ``transform``).
         device: when given, batches arrive on this device; on CUDA the next one is copied on a side
@@ -107,7 +109,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
 
     def __init__(
         self,
-        dataset: CachedDataset | str,
+        dataset: CachedDataset | str | Stream | Sequence[Stream],
         *,
         cache: Any = None,
         batch_size: int = 1,
@@ -138,14 +140,17 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
                     f"{', '.join(given)} given with a CachedDataset: pass them to CachedDataset, "
                     "or pass the dataset's name instead"
                 )
-        elif isinstance(dataset, str):
-            check_dataset_name(dataset)
+        elif isinstance(dataset, (str, Stream, Sequence)):
+            if isinstance(dataset, str):
+                check_dataset_name(dataset)
             try:
                 dataset = CachedDataset(dataset, cache=cache, **dataset_options)
             except TypeError as exc:
                 raise ConfigError(f"unknown CachedDataLoader or CachedDataset argument: {exc}") from None
         else:
-            raise ConfigError(f"dataset={dataset!r} is invalid: pass a CachedDataset or a dataset name")
+            raise ConfigError(
+                f"dataset={dataset!r} is invalid: pass a CachedDataset, a dataset name or a list of Stream"
+            )
         dataset.bind(batch_size=batch_size, drop_last=drop_last, owner=self)
         super().__init__(
             dataset,
@@ -171,7 +176,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         self._window: int | None = None  # set by a loaded state; else the dataset's default
         self._resume: int | None = None  # the first batch of the next iteration, after load_state_dict
         self._consumed = 0  # batches of the current layout this rank has delivered in this epoch
-        self._totals = LoaderStats().as_counters()  # summed per batch on the hot path; stats() snapshots
+        self._totals = self._zero_totals()  # summed per batch on the hot path; stats() snapshots
         # The slot pools of the workers whose batches arrived here (see slots.py): their block
         # descriptors are closed once the workers are gone, or with the loader.
         self._pools: set[str] = set()
@@ -248,8 +253,10 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         ds.refresh()
         run = self._next_run()
         # First: a refused lease (AccessDenied) keeps a loaded resume point.
-        lease = take_lease(ds.cache, ds.name, ds.version, ttl=ds.lease_ttl)
-        self._observer.reading(lease)
+        leases = take_leases(ds.cache, ds.mix.versions, ttl=ds.lease_ttl)
+        for lease in leases:
+            self._observer.reading(lease)
+        per_stream = ds.stream_counts(run.spec)  # a mix's samples per stream of each batch, else None
         self._resume = None
         self._consumed = run.spec.start
         ds.activate(run.spec)
@@ -278,13 +285,16 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
                 totals["elapsed_seconds"] += now - mark
                 totals["batches"] += 1
                 totals["samples"] += samples
+                if per_stream is not None:
+                    for s, n in enumerate(per_stream[index].tolist()):
+                        totals[f"samples@{s}"] += n
                 mark = now
                 self._consumed = index + 1
                 yield batch
         finally:
             source = ordered = None  # see _in_order: the workers stop now, not with a traceback
             forget_gone(self._pools)
-            drop_lease(lease, ds.name)
+            drop_leases(leases, ds.mix.versions)
 
     def _in_order(self, source: Any, run: _Run) -> Iterator[tuple[int, int, Any]]:
         pending: dict[int, TaggedBatch] = {}
@@ -313,18 +323,20 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
     # -- stats --------------------------------------------------------------------------
 
     def stats(self) -> LoaderStats:
-        """Hits, misses, read-throughs, bytes and waiting time, summed over workers and iterations."""
-        return LoaderStats(**self._totals)  # type: ignore[arg-type]
+        """Hits, misses, read-throughs, bytes and waiting time, summed over workers and iterations; a mix's
+        per stream too (``stats().streams``)."""
+        return LoaderStats.from_totals(self._totals, self.cached_dataset.streams)
 
     def reset_stats(self) -> None:
-        self._totals = LoaderStats().as_counters()
+        self._totals = self._zero_totals()
+
+    def _zero_totals(self) -> dict[str, float]:
+        return LoaderStats().as_counters() | stream_keys(len(self.cached_dataset.streams))
 
     # -- state --------------------------------------------------------------------------
 
     def _identity(self) -> dict[str, Any]:
-        ds = self.cached_dataset
-        return {"dataset": ds.name, "version": ds.version, "seed": ds.seed, "shuffle": ds.shuffle,
-                "rows": rows_digest(ds.rows)}  # fmt: skip
+        return self.cached_dataset.identity()
 
     def _collective(self) -> bool:
         if not (dist.is_available() and dist.is_initialized()):

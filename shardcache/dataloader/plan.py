@@ -12,6 +12,11 @@ Sample ``(shard, row)`` has the flat id ``offsets[shard] + row``. For one ``(see
 
 ``shuffle=False`` skips 1 and 3: each rank reads a contiguous slice in source order.
 
+A mix (``mix=((shards, quota), ...)``, one pair per stream, their shards concatenated in ``rows``)
+replaces step 1 with :func:`shardcache.sampling.mix_stream`: each stream's quota of samples, taken from
+its endless sequence of seeded passes where the previous epoch stopped, interleaved evenly. Steps 2
+and 3 are the same. One stream whose quota is its row count plans exactly as no mix.
+
 How good the shuffle is: every order of the shards, and of the rows within a shard, is equally
 likely, but a sample never moves further than one window from its shard's slot in its rank's
 stream, so rows of shards far apart in the shard order never share a batch. Because the window acts
@@ -42,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from ..sampling import IdArray, default_window, partition, row_offsets, shard_stream, window_shuffle
+from ..sampling import IdArray, default_window, mix_stream, partition, row_offsets, shard_stream, window_shuffle
 from .checks import check_bool, check_int
 
 __all__ = ["EpochPlan", "PlanSegment", "remaining_stream", "resume_point"]
@@ -84,6 +89,16 @@ class PlanSegment:
                 "record one consumed batch count per rank"
             )
         object.__setattr__(self, "consumed", consumed)
+
+
+def _check_mix(mix: Sequence[tuple[int, int]], shards: int) -> tuple[tuple[int, int], ...]:
+    parts = tuple((int(n), int(q)) for n, q in mix)
+    if parts and (sum(n for n, _ in parts) != shards or any(n < 1 or q < 0 for n, q in parts)):
+        raise ConfigError(
+            f"mix={list(parts)!r} is invalid for {shards} shards: pass one (shards >= 1, quota >= 0) per stream, "
+            "the shards summing to the shards of rows"
+        )
+    return parts
 
 
 class _Layout(NamedTuple):
@@ -128,15 +143,22 @@ class _Base(NamedTuple):
     epoch: int
     shuffle: bool
     window: int
+    mix: tuple[tuple[int, int], ...] = ()
 
     def stream(self) -> IdArray:
+        """The epoch's flat ids in order; with a mix, an id may come more than once (an upsampled stream)."""
+        if self.mix:
+            return mix_stream(self.rows, self.mix, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
         if self.shuffle:
             return shard_stream(self.rows, seed=self.seed, epoch=self.epoch)
         return np.arange(sum(self.rows), dtype=np.int64)
 
 
-def _replay(base: _Base, history: Sequence[PlanSegment]) -> IdArray:
-    stream = base.stream()
+def _replay(total: int, base: _Base, history: Sequence[PlanSegment]) -> IdArray:
+    """The positions in ``base.stream()`` (of ``total`` samples) that ``history`` left, in order.
+
+    Positions rather than ids, so that a sample planned twice in a mix's epoch counts twice."""
+    stream = np.arange(total, dtype=np.int64)
     for index, segment in enumerate(history):
         layout = _layout(len(stream), segment.world_size, segment.batch_size, segment.drop_last)
         left: list[IdArray] = []
@@ -166,15 +188,17 @@ def remaining_stream(
     shuffle: bool = True,
     window: int | None = None,
     history: Sequence[PlanSegment] = (),
+    mix: Sequence[tuple[int, int]] = (),
 ) -> IdArray:
     """The samples ``history`` left undelivered, in the order the next segment splits them."""
     rows = _check_rows(rows)
     plan = EpochPlan(
         rows=rows, seed=seed, epoch=epoch, shuffle=shuffle, history=tuple(history),
         window=default_window(rows) if window is None else window,
-        world_size=1, rank=0, batch_size=1, drop_last=False,
+        world_size=1, rank=0, batch_size=1, drop_last=False, mix=tuple(mix),
     )  # fmt: skip
-    return _replay(plan._base, plan.history)
+    ids = plan._ids
+    return ids[_replay(len(ids), plan._base, plan.history)]
 
 
 def resume_point(
@@ -215,9 +239,11 @@ class EpochPlan:
     rank: int
     batch_size: int
     drop_last: bool
+    mix: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", _check_rows(self.rows))
+        object.__setattr__(self, "mix", _check_mix(self.mix, len(self.rows)))
         check_int("seed", self.seed, minimum=0, fix="pass an integer >= 0")
         check_int("epoch", self.epoch, minimum=0, fix="pass an integer >= 0")
         check_bool("shuffle", self.shuffle)
@@ -249,6 +275,7 @@ class EpochPlan:
         batch_size: int,
         drop_last: bool,
         history: Sequence[PlanSegment] = (),
+        mix: Sequence[tuple[int, int]] = (),
     ) -> EpochPlan:
         """Validate and plan; ``window=None`` means four shards' worth of samples."""
         rows = _check_rows(rows)
@@ -256,14 +283,18 @@ class EpochPlan:
             window = default_window(rows)
         plan = cls(
             rows=rows, seed=seed, epoch=epoch, shuffle=shuffle, window=window, history=tuple(history),
-            world_size=world_size, rank=rank, batch_size=batch_size, drop_last=drop_last,
+            world_size=world_size, rank=rank, batch_size=batch_size, drop_last=drop_last, mix=tuple(mix),
         )  # fmt: skip
         plan._samples  # noqa: B018 -- plan eagerly, so that a bad history fails here
         return plan
 
     @property
     def _base(self) -> _Base:
-        return _Base(self.rows, self.seed, self.epoch, self.shuffle, self.window)
+        return _Base(self.rows, self.seed, self.epoch, self.shuffle, self.window, self.mix)
+
+    @cached_property
+    def _ids(self) -> IdArray:
+        return self._base.stream()
 
     def _rank_of(self, stream: IdArray, rank: int) -> IdArray:
         layout = _layout(len(stream), self.world_size, self.batch_size, self.drop_last)
@@ -273,7 +304,8 @@ class EpochPlan:
 
     @cached_property
     def _samples(self) -> IdArray:
-        samples = self._rank_of(_replay(self._base, self.history), self.rank)
+        ids = self._ids
+        samples = ids[self._rank_of(_replay(len(ids), self._base, self.history), self.rank)]
         samples = np.ascontiguousarray(samples, dtype=np.int64)
         samples.setflags(write=False)
         return samples
@@ -309,9 +341,10 @@ class EpochPlan:
 
     def shard_ranks(self) -> dict[int, tuple[int, ...]]:
         """For each shard read in the current layout, the ranks that read it (computes every rank)."""
-        stream = _replay(self._base, self.history)
+        ids = self._ids
+        stream = _replay(len(ids), self._base, self.history)
         readers: dict[int, list[int]] = {}
         for rank in range(self.world_size):
-            for shard in np.unique(self.shard_of(self._rank_of(stream, rank))):
+            for shard in np.unique(self.shard_of(ids[self._rank_of(stream, rank)])):
                 readers.setdefault(int(shard), []).append(rank)
         return {shard: tuple(ranks) for shard, ranks in sorted(readers.items())}

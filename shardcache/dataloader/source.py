@@ -51,6 +51,10 @@ class ShardSource:
         self.prefetch_transform = prefetch_transform
         self._removed = False
 
+    def shard_rows(self, index: int) -> int:
+        """Rows of shard ``index``."""
+        return self.manifest.shards[index].rows
+
     def load(self, index: int) -> pa.Table:
         """Shard ``index``: from the cache if it serves it, else rebuilt from the source."""
         return self.load_into(index)[0]

@@ -7,6 +7,9 @@ A rank's state::
      "history": [{"world_size": 4, "batch_size": 256, "drop_last": false, "consumed": [9, 9, 9, 9]}],
      "world_size": 3, "batch_size": 256, "drop_last": false, "rank": 1, "consumed": 17}
 
+A mix, or a dataset read with ``epoch_size``, adds ``"mix"``: each stream's name, version and
+samples an epoch (and the epoch size), so a state loads only into the same mix.
+
 The global state has ``"rank": null`` and ``"consumed"`` lists every rank's count. ``consumed`` counts
 batches of the current layout (``history`` holds the finished ones), so the same layout resumes at
 that batch and another layout re-plans what the history and the current layout left undelivered.
@@ -100,6 +103,12 @@ class LoaderState:
                 f"state format {state.get('format')!r} is not {STATE_FORMAT}: "
                 "pass what CachedDataLoader.state_dict() returned"
             )
+        if state.get("mix") != identity.get("mix"):
+            raise ConfigError(
+                f"the state dict belongs to the mix {_shown_mix(state.get('mix'))}, this loader reads "
+                f"{_shown_mix(identity.get('mix'))}: load it into a loader built with the same streams (names, "
+                "versions, weights or samples) and epoch_size"
+            )
         for key in _IDENTITY:
             if state.get(key) != identity[key]:
                 raise ConfigError(
@@ -137,6 +146,17 @@ class LoaderState:
             object.__setattr__(self, "consumed", (consumed,))
         else:
             self.segment  # noqa: B018 -- validates one count per rank
+
+
+def _shown_mix(mix: object) -> str:
+    if not isinstance(mix, list):
+        return "of one dataset read whole each epoch" if mix is None else repr(mix)
+    shown = [
+        f"{m.get('name')}@{m.get('version')}: {m.get('samples')}" if "name" in m else f"epoch_size={m['epoch_size']}"
+        for m in mix
+        if isinstance(m, Mapping)
+    ]
+    return "[" + ", ".join(shown) + "]"
 
 
 def merge_rank_states(states: Sequence[LoaderState]) -> LoaderState:

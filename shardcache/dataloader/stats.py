@@ -11,9 +11,33 @@ sums them into :class:`LoaderStats`, which ``CachedDataLoader.stats()`` returns.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
-__all__ = ["Counters", "LoaderStats"]
+__all__ = ["Counters", "LoaderStats", "StreamStats", "stream_keys"]
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """What a loader read and delivered of one stream of a mix (the fields of :class:`LoaderStats`)."""
+
+    samples: int = 0
+    hits: int = 0
+    misses: int = 0
+    corrupted: int = 0
+    read_throughs: int = 0
+    written_back: int = 0
+    bytes_read: int = 0
+    source_rows: int = 0
+
+
+_STREAM_FIELDS = tuple(f.name for f in fields(StreamStats))
+
+
+def stream_keys(streams: int) -> dict[str, float]:
+    """The zeroed per-stream counters of a mix of ``streams`` streams (``"hits@1"``: stream 1's hits)."""
+    return {f"{name}@{s}": 0 for s in range(streams) for name in _STREAM_FIELDS} if streams > 1 else {}
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,7 @@ class LoaderStats:
         received_in_place: shards whose largest column went from the socket straight into the batches
             (unshuffled reads; see ``inplace.py``).
         elapsed_seconds: wall time from the start of each iteration to its last batch, summed.
+        streams: a mix's counts per stream, by stream label (empty for one dataset).
     """
 
     batches: int = 0
@@ -52,6 +77,16 @@ class LoaderStats:
     elapsed_seconds: float = 0.0
     reused_buffers: int = 0
     received_in_place: int = 0
+    streams: Mapping[str, StreamStats] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_totals(cls, totals: Mapping[str, float], labels: Sequence[str] = ()) -> LoaderStats:
+        """The stats of a loader's summed counters; ``labels`` name a mix's streams."""
+        streams = {
+            label: StreamStats(**{n: totals.get(f"{n}@{s}", 0) for n in _STREAM_FIELDS})  # type: ignore[arg-type]
+            for s, label in enumerate(labels)
+        } if len(labels) > 1 else {}  # fmt: skip
+        return cls(**{k: v for k, v in totals.items() if k in _FIELD_SET}, streams=streams)  # type: ignore[arg-type]
 
     @property
     def hit_ratio(self) -> float:
@@ -73,16 +108,19 @@ class LoaderStats:
         return replace(self, **{k: getattr(self, k) + v for k, v in deltas.items()})
 
     def as_counters(self) -> dict[str, float]:
-        """The fields alone, to add to (see :meth:`plus`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The counting fields alone, to add to (see :meth:`plus`)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
-    def as_dict(self) -> dict[str, float]:
-        out = self.as_counters()
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.as_counters()
         out.update(hit_ratio=self.hit_ratio, wait_fraction=self.wait_fraction)
+        if self.streams:
+            out["streams"] = {label: asdict(s) for label, s in self.streams.items()}
         return out
 
 
-_FIELDS = frozenset(f.name for f in fields(LoaderStats))
+_FIELDS = tuple(f.name for f in fields(LoaderStats) if f.name != "streams")
+_FIELD_SET = frozenset(_FIELDS)
 
 
 class Counters:
@@ -95,9 +133,17 @@ class Counters:
     def add(self, **deltas: float) -> None:
         with self._lock:
             for name, delta in deltas.items():
-                if name not in _FIELDS:
+                if name not in _FIELD_SET:
                     raise KeyError(f"unknown counter {name!r}")
                 self._pending[name] = self._pending.get(name, 0) + delta
+
+    def add_stream(self, stream: int, **deltas: float) -> None:
+        """Count ``deltas`` for stream ``stream`` of a mix too (its fields of :class:`StreamStats`)."""
+        with self._lock:
+            for name, delta in deltas.items():
+                if name in _STREAM_FIELDS:
+                    key = f"{name}@{stream}"
+                    self._pending[key] = self._pending.get(key, 0) + delta
 
     def take(self) -> dict[str, float]:
         with self._lock:

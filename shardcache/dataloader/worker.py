@@ -27,7 +27,6 @@ from .inplace import InPlace, Use
 from .plan import EpochPlan
 from .readahead import Need, ReadAhead
 from .slots import SlotClaim, worker_pool
-from .source import ShardSource
 from .spec import IterSpec
 from .stats import Counters
 from .tensors import BatchBuilder, ShardViews
@@ -41,6 +40,8 @@ __all__ = [
     "raise_error",
     "shard_schedule",
     "take_lease",
+    "take_leases",
+    "drop_leases",
     "worker_batches",
 ]
 
@@ -183,6 +184,24 @@ def take_lease(cache: ShardCache, name: str, version: str, *, ttl: float) -> Lea
         return None
 
 
+def take_leases(cache: ShardCache, versions: Sequence[tuple[str, str]], *, ttl: float) -> list[Lease | None]:
+    """A lease on each ``(name, version)`` (a mix reads several), or none: those taken are dropped on an error."""
+    leases: list[Lease | None] = []
+    try:
+        for name, version in versions:
+            leases.append(take_lease(cache, name, version, ttl=ttl))
+    except BaseException:
+        drop_leases(leases, versions)
+        raise
+    return leases
+
+
+def drop_leases(leases: Sequence[Lease | None], versions: Sequence[tuple[str, str]]) -> None:
+    """Release what :func:`take_leases` took, without raising."""
+    for lease, (name, _) in zip(leases, versions, strict=False):
+        drop_lease(lease, name)
+
+
 def drop_lease(lease: Lease | None, name: str) -> None:
     """Release ``lease`` without raising: every batch was delivered, and an unreleased lease expires by itself."""
     if lease is None:
@@ -206,10 +225,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     pooled = in_worker and spec.tagged and spec.pool_slots > 0
     builder = BatchBuilder(ctx.columns, dataset=ctx.name, slots=worker_pool() if pooled else None,
                            slot_limit=spec.pool_slots, pool=None if in_worker else ctx.output_pool)  # fmt: skip
-    source = ShardSource(
-        cache=ctx.cache, manifest=ctx.manifest, counters=counters, read_through=ctx.read_through,
-        write_back=ctx.write_back, prefetch_transform=ctx.prefetch_transform,
-    )  # fmt: skip
+    source = ctx.shard_source(counters)
 
     schedule = shard_schedule(plan, mine, nbytes=ctx.shard_nbytes)
     by_pos = _Groups(plan, row_offsets(plan.rows), mine.tolist())
@@ -229,7 +245,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
             uses.extend((pos, size, rows, positions) for shard, rows, positions in groups if shard == index)
         return inplace.load(index, uses)
 
-    lease = take_lease(ctx.cache, ctx.name, ctx.version, ttl=ctx.lease_ttl) if spec.lease else None
+    leases = take_leases(ctx.cache, ctx.versions, ttl=ctx.lease_ttl) if spec.lease else []
     threads = ctx.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ctx.readahead, threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
@@ -268,4 +284,4 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         ahead.close()
         if inplace is not None:
             inplace.close()
-        drop_lease(lease, ctx.name)
+        drop_leases(leases, ctx.versions)

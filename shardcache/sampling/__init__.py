@@ -7,11 +7,23 @@
 >>> partition(len(stream), world_size=2).tolist()
 [0, 3, 5]
 
-Modules: ``shuffle`` (the seeded shard-then-row stream and the window shuffle) and ``partition``
-(the one contiguous split of a stream across ranks).
+Modules: ``shuffle`` (the seeded shard-then-row stream and the window shuffle), ``partition``
+(the one contiguous split of a stream across ranks) and ``mix`` (quotas and the stream of a mix).
 """
 
+from .mix import interleave, mix_stream, quotas, stream_take
 from .partition import partition
 from .shuffle import IdArray, default_window, row_offsets, shard_stream, window_shuffle
 
-__all__ = ["IdArray", "default_window", "partition", "row_offsets", "shard_stream", "window_shuffle"]
+__all__ = [
+    "IdArray",
+    "default_window",
+    "interleave",
+    "mix_stream",
+    "partition",
+    "quotas",
+    "row_offsets",
+    "shard_stream",
+    "stream_take",
+    "window_shuffle",
+]

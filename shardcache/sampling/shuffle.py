@@ -34,11 +34,13 @@ def row_offsets(rows: Sequence[int]) -> IdArray:
     return offsets
 
 
-def shard_stream(rows: Sequence[int], *, seed: int, epoch: int) -> IdArray:
-    """Every flat sample id once: shards in a seeded random order, each shard's rows permuted."""
+def shard_stream(rows: Sequence[int], *, seed: int, epoch: int, stream: int = 0) -> IdArray:
+    """Every flat sample id once: shards in a seeded random order, each shard's rows permuted.
+
+    ``stream`` keys the permutation of one stream of a mix (stream 0 orders as a lone dataset does)."""
     sizes_in_source = np.asarray(rows, dtype=np.int64)
     offsets = row_offsets(rows)
-    rng = np.random.default_rng([seed, epoch, _STREAM_TAG])
+    rng = np.random.default_rng([seed, epoch, _STREAM_TAG] + ([stream] if stream else []))
     order = rng.permutation(len(sizes_in_source))
     sizes = sizes_in_source[order]
     src_start = offsets[:-1][order]

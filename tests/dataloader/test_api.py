@@ -12,6 +12,8 @@ def test_exported_members():
         "CachedDataLoader",
         "DevicePrefetcher",
         "LoaderStats",
+        "Stream",
+        "StreamStats",
         "to_device",
     ]
     for name in shardcache.dataloader.__all__:
@@ -21,3 +23,4 @@ def test_exported_members():
 def test_the_package_facade_loads_the_loader_lazily():
     assert shardcache.CachedDataLoader is shardcache.dataloader.CachedDataLoader
     assert shardcache.CachedDataset is shardcache.dataloader.CachedDataset
+    assert shardcache.Stream is shardcache.dataloader.Stream

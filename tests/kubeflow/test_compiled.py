@@ -125,6 +125,31 @@ def test_component_file_names_the_known_components() -> None:
         components.component_file("nope")
 
 
+def test_committed_mix_pipeline_yaml_is_current(tmp_path: Path) -> None:
+    fresh = tmp_path / "mix_pipeline.yaml"
+    compiler.Compiler().compile(load_example().mix_pipeline, str(fresh))
+    assert (EXAMPLE / "mix_pipeline.yaml").read_text() == fresh.read_text(), (
+        "examples/kubeflow/mix_pipeline.yaml is stale: run `python examples/kubeflow/pipeline.py --mix`"
+    )
+
+
+def test_example_mix_pipeline_shape() -> None:
+    doc, platform = yaml.safe_load_all((EXAMPLE / "mix_pipeline.yaml").read_text())
+    tasks = doc["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prefetch-op", "prefetch-op-2", "train-op"}
+    assert "dependentTasks" not in tasks["prefetch-op"]
+    assert "dependentTasks" not in tasks["prefetch-op-2"]
+    assert sorted(tasks["train-op"]["dependentTasks"]) == ["prefetch-op", "prefetch-op-2"]
+    parameters = tasks["train-op"]["inputs"]["parameters"]
+    assert parameters["version"]["taskOutputParameter"]["producerTask"] == "prefetch-op"
+    assert parameters["mix_version"]["taskOutputParameter"]["producerTask"] == "prefetch-op-2"
+    assert parameters["mix_weight"]["componentInputParameter"] == "mix_weight"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-prefetch-op", "exec-prefetch-op-2", "exec-train-op"):
+        (secret,) = k8s[name]["secretAsEnv"]
+        assert secret["secretName"] == "shardcache-redis-auth"
+
+
 def test_example_pipeline_shape() -> None:
     doc, platform = yaml.safe_load_all((EXAMPLE / "pipeline.yaml").read_text())
     tasks = doc["root"]["dag"]["tasks"]

@@ -46,6 +46,28 @@ def test_example_pipeline_trains_from_the_cache(
         assert manifest.num_rows == FILES * ROWS_PER_FILE
 
 
+@pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner:UserWarning")
+def test_example_mix_pipeline_trains_on_a_weighted_mix(
+    kfp_local: Path, redis_url: str, train_data: Path, dataset: str, tmp_path: Path
+) -> None:
+    example = load_example()
+    extra = write_parquet(tmp_path / "extra", files=1, rows=80, seed=2)
+    second = f"{dataset}-extra"
+    try:
+        run = example.mix_pipeline(
+            source=str(train_data), mix_source=str(extra), dataset=dataset, mix_dataset=second, mix_weight=0.25,
+            epoch_size=400, k8s_service="", redis_url=redis_url, shard_size=SHARD_SIZE, epochs=2, batch_size=64,
+            num_workers=0,
+        )  # fmt: skip
+        assert run.output == 400, "each epoch holds epoch_size samples"
+        with connect(redis_url) as cache:
+            assert cache.manifest(second).num_rows == 80
+    finally:
+        with connect(redis_url) as cache:
+            if second in cache.datasets():
+                cache.delete(second, force=True)
+
+
 def test_training_reads_through_what_the_cache_lacks(
     kfp_local: Path, redis_url: str, train_data: Path, dataset: str
 ) -> None:
