@@ -97,8 +97,8 @@ def prefetch(
         if mode == "commit":
             report = commit_prefetch(source, dataset=dataset, cache=cache, version=pinned, **shaping)
         elif mode == "processes":
-            report = parallel_prefetch(source, dataset=dataset, cache=cache, processes=processes or 1, progress=progress,
-                                       **shaping, **loading)
+            report = parallel_prefetch(source, dataset=dataset, cache=cache, processes=processes or 1,
+                                       progress=progress, **shaping, **loading)
         else:
             report = run_prefetch(
                 source, dataset=dataset, cache=cache, allow_partial=allow_partial, progress=progress,
