@@ -2,7 +2,7 @@
 
 The same code path as on Kubernetes (``plan_op``, ``prefetch_op`` in a ``dsl.ParallelFor``,
 ``commit_op``): :func:`~shardcache.prefetcher.plan_prefetch`, then ``run_prefetch(part=i, parts=N)``
-in N ``spawn`` processes (reading, transforming, encoding and writing in each), their progress
+in N processes (``forkserver``, else ``spawn``) (reading, transforming, encoding and writing in each), their progress
 summed into one callback, then :func:`~shardcache.prefetcher.commit_prefetch` once every part
 loaded all its shards. A part that fails or dies leaves the version ``loading``; running again
 resumes (each part loads only what its range lacks).
@@ -102,7 +102,7 @@ def _run_parts(
     progress: ProgressCallback | None, options: dict[str, Any],
 ) -> tuple[list[PrefetchReport], list[BaseException], list[str]]:
     """Run every part in its own process: ``(reports, errors raised, parts that died without a word)``."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     messages: Any = ctx.Queue()
     procs = {
         part: ctx.Process(target=_part_main, name=f"shardcache-prefetch-part-{part}", daemon=True,
@@ -145,6 +145,17 @@ def _run_parts(
                 proc.join()
         messages.close()
     return reports, errors, died
+
+
+def _context() -> Any:
+    """``forkserver`` where there is one: a clean single-threaded server that imported the prefetcher
+    once forks each part, so N parts (and later runs from this process) do not import it N times;
+    else ``spawn``. Never a plain fork of this process, whose threads may hold locks."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _combined(parts: Sequence[Progress] | Any) -> Progress:
