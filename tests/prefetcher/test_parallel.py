@@ -70,6 +70,13 @@ def picky(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+def dies_on_late_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A transform whose process is killed by rows with ids >= 1000 (the last part's), as by the OOM killer."""
+    if pc.max(batch.column("id")).as_py() >= 1000:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch
+
+
 def shard_ttls(cache: ShardCache, keys: list[str]) -> list[int]:
     return [int(cache.call("PTTL", k)) for k in keys]
 
@@ -271,6 +278,21 @@ def test_a_failing_part_leaves_the_version_loading_with_a_clear_report(
     assert combined.state == "loading"
     assert [f.shard for f in combined.failed] == [f.shard for f in report.failed]
     assert cache.manifest(dataset_name).state == "loading"
+
+
+@pytest.mark.slow
+def test_a_part_process_that_dies_is_reported_and_nothing_is_committed(
+    cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path, files=3, rows=400)
+    with pytest.raises(PrefetchFailed, match=r"part 2 \(exit code -9\) .* died before reporting") as info:
+        parallel_prefetch(tmp_path, dataset=dataset_name, processes=3, cache=cache, shard_size=SHARD,
+                          transform=dies_on_late_rows)
+    manifest = cache.manifest(dataset_name)
+    assert manifest.state == "loading"
+    assert info.value.report.written == len(part_range(manifest.num_shards, 0, 3)) + len(
+        part_range(manifest.num_shards, 1, 3))  # the other parts finished
+    assert all(manifest.shards[i].cached for p in (0, 1) for i in part_range(manifest.num_shards, p, 3))
 
 
 def test_a_part_refuses_a_source_changed_since_the_plan(cache: ShardCache, dataset_name: str, tmp_path: Path) -> None:
