@@ -77,6 +77,16 @@ def dies_on_late_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+def cached_or_planned_ids(manifest: object, index: int) -> list[int]:
+    """The ids a shard's source segments hold (the source rows are ``id`` = row number here)."""
+    shard = manifest.shards[index]  # type: ignore[attr-defined]
+    ids: list[int] = []
+    for segment in shard.source:
+        k = int(Path(segment.uri).stem.split("-")[1])
+        ids += range(k * 400 + segment.row_start, k * 400 + segment.row_stop)
+    return ids
+
+
 def shard_ttls(cache: ShardCache, keys: list[str]) -> list[int]:
     return [int(cache.call("PTTL", k)) for k in keys]
 
@@ -272,12 +282,23 @@ def test_a_failing_part_leaves_the_version_loading_with_a_clear_report(
         commit_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD, transform=picky)
     assert cache.manifest(dataset_name).state == "loading"
 
-    # Through parallel_prefetch: the same failures in one report, nothing committed.
+
+@pytest.mark.slow
+def test_parallel_prefetch_reports_every_failed_shard_and_commits_nothing(
+    cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path, files=3, rows=400)
     combined = parallel_prefetch(tmp_path, dataset=dataset_name, processes=3, cache=cache, shard_size=SHARD,
                                  transform=picky)
     assert combined.state == "loading"
-    assert [f.shard for f in combined.failed] == [f.shard for f in report.failed]
-    assert cache.manifest(dataset_name).state == "loading"
+    assert combined.failed
+    manifest = cache.manifest(dataset_name)
+    assert manifest.state == "loading"
+    failed = {f.shard for f in combined.failed}
+    assert failed == {s.index for s in manifest.shards if not s.cached}
+    # Exactly the shards holding the rows the transform refuses.
+    assert failed == {s for s in range(manifest.num_shards)
+                      if any(500 <= i < 510 for i in cached_or_planned_ids(manifest, s))}
 
 
 @pytest.mark.slow
