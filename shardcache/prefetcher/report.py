@@ -65,10 +65,11 @@ class PrefetchReport:
     def failure(self, *, rerun: str = "run again") -> PrefetchFailed:
         """The error for a prefetch with failed shards: how many, the first one and why, and ``rerun``."""
         first = self.failed[0]
+        where = "" if self.part is None else f" (part {self.part} of {self.parts})"
         if self.part is not None and rerun == "run again":
             rerun = f"run part {self.part} of {self.parts} again (--part {self.part} --parts {self.parts})"
         return PrefetchFailed(
-            f"{len(self.failed)} of {self.shards} shards of {self.dataset!r} failed (first: shard {first.shard} "
+            f"{len(self.failed)} of {self.shards} shards of {self.dataset!r}{where} failed (first: shard {first.shard} "
             f"from {first.source}: {first.reason}); fix the source and {rerun}: the cached shards are kept",
             report=self,
         )

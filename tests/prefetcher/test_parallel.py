@@ -278,6 +278,7 @@ def test_a_failing_part_leaves_the_version_loading_with_a_clear_report(
     assert f"(part {report.part} of 3)" in report.summary()
     message = str(report.failure())
     assert f"run part {report.part} of 3 again (--part {report.part} --parts 3)" in message
+    assert f"of {dataset_name!r} (part {report.part} of 3) failed" in message
     with pytest.raises(PrefetchFailed, match=f"part {report.part}: shard"):
         commit_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD, transform=picky)
     assert cache.manifest(dataset_name).state == "loading"
