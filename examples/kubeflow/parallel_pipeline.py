@@ -67,6 +67,8 @@ def build_pipeline(image: str | None = None) -> Any:
                           version=item.version)
             loaded.set_display_name("load one part")
             loaded.set_caching_options(False)  # cheap when cached, and it re-caches evicted shards
+            # A part whose pod is lost is run again alone: it loads only the shards its range lacks.
+            loaded.set_retry(num_retries=2, backoff_duration="30s")
             loaded.set_cpu_request("2").set_memory_request("2Gi").set_memory_limit("4Gi")
             # Near the cache, on general-purpose nodes.
             kubernetes.add_node_selector(loaded, label_key="node.kubernetes.io/pool", label_value="cpu")

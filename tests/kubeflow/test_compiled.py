@@ -87,6 +87,7 @@ def test_parallel_pipeline_shape() -> None:
     params = inner["inputs"]["parameters"]
     for name in ("part", "parts", "version"):
         assert params[name]["parameterExpressionSelector"] == f'parseJson(string_value)["{name}"]'
+    assert inner["retryPolicy"]["maxRetryCount"] == 2  # a lost part is run again alone
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name in ("exec-plan-op", "exec-prefetch-op", "exec-commit-op"):
         (secret,) = k8s[name]["secretAsEnv"]
