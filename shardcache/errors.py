@@ -42,7 +42,21 @@ __all__ = [
 
 
 class ShardCacheError(Exception):
-    """Root of every error that shardcache raises on purpose."""
+    """Root of every error that shardcache raises on purpose.
+
+    Errors pickle with their attributes (keyword-only in the constructors), so one raised in a
+    worker process reaches the parent whole.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type[ShardCacheError], args: tuple[object, ...], state: dict[str, object]) -> ShardCacheError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(ShardCacheError, ValueError):

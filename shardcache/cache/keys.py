@@ -125,6 +125,10 @@ class KeySpace:
     def lock(self, name: str) -> str:
         return f"{self._meta(name)}:lock"
 
+    def part_lock(self, name: str, version: str, part: int) -> str:
+        """The lock of one part of a parallel prefetch of ``version``."""
+        return f"{self._meta(name)}:lock:{validate_version(version)}:part:{int(part)}"
+
     def leases(self, name: str) -> str:
         return f"{self._meta(name)}:leases"
 

@@ -132,10 +132,11 @@ class DatasetLock:
     ...     ...
     """
 
-    def __init__(self, *, call: Call, key: str, dataset: str, ttl: float = 30.0) -> None:
+    def __init__(self, *, call: Call, key: str, dataset: str, ttl: float = 30.0, what: str = "") -> None:
         self._call = call
         self.key = key
         self.dataset = dataset
+        self.what = what or f"dataset {dataset!r}"  # what the lock guards, in messages
         self.ttl_ms = _ttl_ms(ttl)
         self.token = _holder()
         self._renewer: _Renewer | None = None
@@ -156,7 +157,7 @@ class DatasetLock:
                 break
             if time.monotonic() >= deadline:
                 raise DatasetLocked(
-                    f"dataset {self.dataset!r} is being written by {holder_text or 'another prefetcher'}; "
+                    f"{self.what} is being written by {holder_text or 'another prefetcher'}; "
                     "wait for it to finish (or pass wait=/--wait), then run again",
                     dataset=self.dataset,
                 )
@@ -171,7 +172,7 @@ class DatasetLock:
     def _renew_once(self) -> bool:
         ok = bool(self._call("EVAL", _RENEW, 1, self.key, self.token, self.ttl_ms))
         if not ok:
-            log.error("lost the writer lock of dataset %r", self.dataset)
+            log.error("lost the writer lock of %s", self.what)
         return ok
 
     @property
@@ -188,7 +189,7 @@ class DatasetLock:
         """Raise DatasetLocked if the lock was lost (expired and taken by another writer)."""
         if self.lost:
             raise DatasetLocked(
-                f"the writer lock of dataset {self.dataset!r} was lost (stalled longer than its TTL); "
+                f"the writer lock of {self.what} was lost (stalled longer than its TTL); "
                 "run the prefetch again",
                 dataset=self.dataset,
             )

@@ -11,10 +11,13 @@ Components (KFP v2; need ``pip install 'shardcache[kubeflow]'``)::
 
 * ``prefetch_op``: loads a dataset into the cache; returns the version id, with a
   ``Metrics`` artifact and a Markdown report.
+* ``plan_op`` / ``commit_op``: a prefetch split over the pods of a ``dsl.ParallelFor``:
+  ``plan_op`` returns the parts, each ``prefetch_op(part=, parts=, version=)`` loads one,
+  ``commit_op`` commits once they all did.
 * ``cache_status_op`` / ``verify_op``: whether a version is complete and intact
   (keys present / every checksum read and checked).
 * ``evict_op``: removes a version unless a reader holds a live lease on it.
-* ``components_for_image(image)``: the same four, run from a prebuilt image.
+* ``components_for_image(image)``: the same components, run from a prebuilt image.
 
 Discovery (needs only ``shardcache[k8s]``; it lives in :mod:`shardcache.discovery`):
 ``cache_url_from_k8s(service=, secret=)`` returns the URL of the Redis nodes behind a
@@ -36,9 +39,11 @@ if TYPE_CHECKING:
         PACKAGES_TO_INSTALL,
         Components,
         cache_status_op,
+        commit_op,
         component_file,
         components_for_image,
         evict_op,
+        plan_op,
         prefetch_op,
         verify_op,
     )
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = [
     # components
     "prefetch_op",
+    "plan_op",
+    "commit_op",
     "cache_status_op",
     "verify_op",
     "evict_op",
@@ -65,8 +72,8 @@ __all__ = [
 
 _LAZY = {
     **dict.fromkeys(
-        ("prefetch_op", "cache_status_op", "verify_op", "evict_op", "components_for_image", "Components",
-         "component_file", "BASE_IMAGE", "PACKAGES_TO_INSTALL"),
+        ("prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op", "components_for_image",
+         "Components", "component_file", "BASE_IMAGE", "PACKAGES_TO_INSTALL"),
         f"{__name__}.components",
     ),
     **dict.fromkeys(("cache_url_from_k8s", "discover_cache", "load_kube_config", "CacheEndpoint"),

@@ -2,7 +2,8 @@
 
 Each component comes in two flavours:
 
-* **lightweight** (``prefetch_op``, ``cache_status_op``, ``verify_op``, ``evict_op``):
+* **lightweight** (``prefetch_op``, ``plan_op``, ``commit_op``, ``cache_status_op``, ``verify_op``,
+  ``evict_op``):
   runs on :data:`BASE_IMAGE` and pip-installs :data:`PACKAGES_TO_INSTALL` (this very
   version of shardcache) and kfp when the step starts. Needs PyPI from the cluster.
 * **prebuilt image** (:func:`components_for_image`): the same functions as KFP
@@ -43,10 +44,12 @@ __all__ = [
     "PACKAGES_TO_INSTALL",
     "Components",
     "cache_status_op",
+    "commit_op",
     "component_file",
     "components_for_image",
     "evict_op",
     "kfp_config",
+    "plan_op",
     "prefetch_op",
     "verify_op",
     "write_component_files",
@@ -59,6 +62,8 @@ PACKAGES_TO_INSTALL = (f"shardcache[k8s]=={__version__}",)
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "prefetch_op": ops.prefetch_op,
+    "plan_op": ops.plan_op,
+    "commit_op": ops.commit_op,
     "cache_status_op": ops.cache_status_op,
     "verify_op": ops.verify_op,
     "evict_op": ops.evict_op,
@@ -68,9 +73,11 @@ _HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Components:
-    """One flavour of the four components; use them in a ``@dsl.pipeline`` like functions."""
+    """One flavour of the components; use them in a ``@dsl.pipeline`` like functions."""
 
     prefetch_op: Any
+    plan_op: Any
+    commit_op: Any
     cache_status_op: Any
     verify_op: Any
     evict_op: Any
@@ -142,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _DEFAULT = _components(base_image=BASE_IMAGE, packages_to_install=list(PACKAGES_TO_INSTALL))
 prefetch_op = _DEFAULT.prefetch_op
+plan_op = _DEFAULT.plan_op
+commit_op = _DEFAULT.commit_op
 cache_status_op = _DEFAULT.cache_status_op
 verify_op = _DEFAULT.verify_op
 evict_op = _DEFAULT.evict_op

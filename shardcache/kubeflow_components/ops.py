@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Markdown, Metrics, Output
 
-__all__ = ["cache_status_op", "evict_op", "prefetch_op", "verify_op"]
+__all__ = ["cache_status_op", "commit_op", "evict_op", "plan_op", "prefetch_op", "verify_op"]
 
 
 def prefetch_op(
@@ -28,6 +28,9 @@ def prefetch_op(
     allow_partial: bool = False,
     wait: str = "1h",
     namespace: str = "",
+    part: int = -1,
+    parts: int = 1,
+    version: str = "",
     *,
     metrics: Output[Metrics],
     report: Output[Markdown],
@@ -35,7 +38,9 @@ def prefetch_op(
     """Prefetch a dataset into the shardcache Redis Cluster; returns the version id.
 
     The version is a fingerprint of the source files and options: running the step
-    again on unchanged data is a no-op, and a run killed midway resumes.
+    again on unchanged data is a no-op, and a run killed midway resumes. With part and
+    parts (inside a dsl.ParallelFor over plan_op's parts), the step loads one part of the
+    version plan_op planned, and commit_op commits it.
 
     Args:
         source: Where the data lives: a path or glob, file://, s3://, gs:// or hdfs://.
@@ -52,6 +57,9 @@ def prefetch_op(
         wait: How long to wait while another run prefetches the same dataset, e.g. '1h' (then
             this step finds it cached and loads nothing). '0': fail at once with DatasetLocked.
         namespace: The namespace of k8s_service and k8s_secret. Empty: the pod's own.
+        part: The part to load (0-based, from plan_op's parts); -1: the whole dataset, committed.
+        parts: The number of parts the version was planned in (plan_op's parts input).
+        version: The planned version (plan_op's version): the step fails if the source changed since.
         metrics: Shards, rows, bytes, MB/s, skipped and failed shards.
         report: The prefetch report, for people.
     """
@@ -62,8 +70,101 @@ def prefetch_op(
     ) as cache:
         result = steps.prefetch(
             cache, source=source, dataset=dataset, shard_size=shard_size, compression=compression,
-            allow_partial=allow_partial, wait=wait,
+            allow_partial=allow_partial, wait=wait, part=None if part < 0 else part, parts=parts,
+            version=version,
         )
+    steps.publish(result, metrics=metrics, report=report)
+    return result.version
+
+
+def plan_op(
+    source: str,
+    dataset: str,
+    parts: int = 4,
+    redis_url: str = "",
+    k8s_service: str = "",
+    k8s_secret: str = "",
+    shard_size: str = "4MiB",
+    compression: str = "",
+    wait: str = "1h",
+    namespace: str = "",
+    *,
+    report: Output[Markdown],
+) -> list:
+    """Plan a parallel prefetch: the version's shards, checked to fit, recorded as loading, split in parts.
+
+    Returns one item per part, ``{"part": i, "parts": N, "version": V}``: run
+    ``dsl.ParallelFor(plan.output) as item`` with ``prefetch_op(part=item.part, parts=item.parts,
+    version=item.version)`` in it, then commit_op once every part is done.
+
+    Args:
+        source: Where the data lives (see prefetch_op).
+        dataset: The dataset's name in the cache.
+        parts: How many parts (pods) load the version.
+        redis_url: The cache URL, without a password (see prefetch_op).
+        k8s_service: A Service fronting the cache (see prefetch_op).
+        k8s_secret: A Secret holding the password (see prefetch_op).
+        shard_size: Target shard size, e.g. '4MiB' (give the parts and commit_op the same).
+        compression: '', 'lz4' or 'zstd' (give the parts and commit_op the same).
+        wait: How long to wait while another run holds the dataset's writer lock, e.g. '1h'.
+        namespace: The namespace of k8s_service and k8s_secret. Empty: the pod's own.
+        report: The plan (version, state, each part's shards), for people.
+    """
+    from shardcache.kubeflow_components import address, parallel, steps
+
+    with address.open_cache(
+        redis_url=redis_url, k8s_service=k8s_service, k8s_secret=k8s_secret, namespace=namespace
+    ) as cache:
+        plan = parallel.plan(cache, source=source, dataset=dataset, parts=parts, shard_size=shard_size,
+                             compression=compression, wait=wait)
+    steps.publish(plan, report=report)
+    return plan.items()
+
+
+def commit_op(
+    source: str,
+    dataset: str,
+    parts_done: list,
+    version: str = "",
+    redis_url: str = "",
+    k8s_service: str = "",
+    k8s_secret: str = "",
+    shard_size: str = "4MiB",
+    compression: str = "",
+    wait: str = "1h",
+    namespace: str = "",
+    *,
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+) -> str:
+    """Commit a version loaded in parts, once every shard is in; returns the version id.
+
+    Fails, naming the parts and shards to run again, while any shard is missing (the version stays
+    loading); a version already complete is left as it is, so the commit happens exactly once.
+
+    Args:
+        source: Where the data lives: listed again, the commit fails if a file changed.
+        dataset: The dataset's name in the cache.
+        parts_done: The parts' outputs, dsl.Collected(prefetch_op(...).outputs["Output"]): the version
+            each part loaded (one version: the planned one); the step runs after every part.
+        version: The planned version. Empty: the one the parts name.
+        redis_url: The cache URL, without a password (see prefetch_op).
+        k8s_service: A Service fronting the cache (see prefetch_op).
+        k8s_secret: A Secret holding the password (see prefetch_op).
+        shard_size: Target shard size, as given to plan_op.
+        compression: '', 'lz4' or 'zstd', as given to plan_op.
+        wait: How long to wait while another run holds the dataset's writer lock, e.g. '1h'.
+        namespace: The namespace of k8s_service and k8s_secret. Empty: the pod's own.
+        metrics: Shards and rows committed.
+        report: The commit, for people.
+    """
+    from shardcache.kubeflow_components import address, parallel, steps
+
+    with address.open_cache(
+        redis_url=redis_url, k8s_service=k8s_service, k8s_secret=k8s_secret, namespace=namespace
+    ) as cache:
+        result = parallel.commit(cache, source=source, dataset=dataset, version=version, parts_done=parts_done,
+                                 shard_size=shard_size, compression=compression, wait=wait)
     steps.publish(result, metrics=metrics, report=report)
     return result.version
 

@@ -47,6 +47,12 @@ class _Metrics(Protocol):
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
+class _Result(Protocol):
+    def metrics(self) -> Mapping[str, float]: ...
+
+    def markdown(self) -> str: ...
+
+
 class _Artifact(Protocol):
     @property
     def path(self) -> str: ...
@@ -79,7 +85,8 @@ class PrefetchResult:
         r = self.report
         state = r["state"] + (" (already cached: nothing to do)" if r.get("noop") else "")
         lines = [
-            f"# Prefetch of `{_code(self.dataset)}`",
+            f"# Prefetch of `{_code(self.dataset)}`"
+            + (f" (part {r['part']} of {r['parts']})" if r.get("part") is not None else ""),
             "",
             f"Version `{self.version}` is **{state}** in `{_code(self.cache)}`.",
             "",
@@ -246,6 +253,9 @@ def prefetch(
     compression: str = "",
     allow_partial: bool = False,
     wait: str | float = "1h",
+    part: int | None = None,
+    parts: int = 1,
+    version: str = "",
 ) -> PrefetchResult:
     """Run the prefetch; if any shard failed, log the report and raise PrefetchFailed.
 
@@ -253,13 +263,15 @@ def prefetch(
     through by loaders), not shards whose source could not be read: those fail the step,
     and a re-run resumes with only them. ``wait`` bounds the wait for another prefetcher
     of the same dataset (two pipeline runs started together): the later one then finds
-    the version cached and loads nothing.
+    the version cached and loads nothing. With ``part`` and ``parts``, one part of a planned
+    ``version`` is loaded (see :mod:`.parallel`), not committed.
     """
     from ..prefetcher import run_prefetch
 
     report = run_prefetch(
         source, dataset=dataset, cache=cache, shard_size=shard_size, compression=compression or None,
-        allow_partial=allow_partial, wait=parse_duration(wait, name="wait"),
+        allow_partial=allow_partial, wait=parse_duration(wait, name="wait"), part=part, parts=parts,
+        version=version or None,
     )
     if report.failed:
         log.error("%s", report.summary())
@@ -312,7 +324,7 @@ def evict_dataset(cache: ShardCache, *, dataset: str, version: str = "", all_old
     return Eviction(dataset=dataset, status="removed" if removed else "nothing", removed=tuple(removed))
 
 
-def publish(result: PrefetchResult | DatasetStatus | Eviction, *, metrics: _Metrics | None = None,
+def publish(result: _Result, *, metrics: _Metrics | None = None,
             report: _Artifact | None = None) -> None:
     """Write ``result`` to a KFP ``Metrics`` artifact and a ``Markdown`` artifact."""
     if metrics is not None:

@@ -10,11 +10,33 @@ from ..cache.locks import DatasetLock, delete_if_held
 from ..cache.store import ShardCache
 from ..errors import DatasetLocked
 
-__all__ = ["LOCK_TTL", "take_lock"]
+__all__ = ["LOCK_TTL", "take_lock", "take_part_lock"]
 
 log = logging.getLogger(__name__)
 
 LOCK_TTL = 15.0  # seconds a killed prefetcher on another host blocks the next one
+
+
+def take_part_lock(store: ShardCache, dataset: str, version: str, part: int, *, wait: float) -> DatasetLock:
+    """The lock of one part of a parallel prefetch; like :func:`take_lock`, a dead local holder's is taken over."""
+    try:
+        return store.part_lock(dataset, version, part, wait=0.0, ttl=LOCK_TTL)
+    except DatasetLocked:
+        if not _take_over(store, store.keys.part_lock(dataset, version, part), f"part {part} of {dataset!r}") and \
+                wait <= 0:
+            raise
+    return store.part_lock(dataset, version, part, wait=wait, ttl=LOCK_TTL)
+
+
+def _take_over(store: ShardCache, key: str, what: str) -> bool:
+    """Remove the lock at ``key`` if its holder was a process of this host that is gone; whether it did."""
+    holder = store.call("GET", key)
+    text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder or "")
+    if not _dead_local_holder(text):
+        return False
+    log.warning("%s: the lock of dead prefetcher %s is taken over", what, text)
+    delete_if_held(store.call, key, text)
+    return True
 
 
 def take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
@@ -27,12 +49,7 @@ def take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
     try:
         return store.lock(dataset, wait=0.0, ttl=LOCK_TTL)
     except DatasetLocked:
-        holder = store.call("GET", store.keys.lock(dataset))
-        text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder or "")
-        if _dead_local_holder(text):
-            log.warning("dataset %r: the lock of dead prefetcher %s is taken over", dataset, text)
-            delete_if_held(store.call, store.keys.lock(dataset), text)
-        elif wait <= 0:
+        if not _take_over(store, store.keys.lock(dataset), f"dataset {dataset!r}") and wait <= 0:
             raise
     return store.lock(dataset, wait=wait, ttl=LOCK_TTL)
 

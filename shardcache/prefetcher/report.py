@@ -50,6 +50,8 @@ class PrefetchReport:
     failed: list[ShardFailure] = field(default_factory=list)
     state: str = "loading"
     noop: bool = False
+    part: int | None = None  # a part of a parallel prefetch: which one (0-based) of ``parts``
+    parts: int = 1
     manifest: Manifest | None = field(default=None, repr=False)
 
     @property
@@ -63,8 +65,11 @@ class PrefetchReport:
     def failure(self, *, rerun: str = "run again") -> PrefetchFailed:
         """The error for a prefetch with failed shards: how many, the first one and why, and ``rerun``."""
         first = self.failed[0]
+        where = "" if self.part is None else f" (part {self.part} of {self.parts})"
+        if self.part is not None and rerun == "run again":
+            rerun = f"run part {self.part} of {self.parts} again (--part {self.part} --parts {self.parts})"
         return PrefetchFailed(
-            f"{len(self.failed)} of {self.shards} shards of {self.dataset!r} failed (first: shard {first.shard} "
+            f"{len(self.failed)} of {self.shards} shards of {self.dataset!r}{where} failed (first: shard {first.shard} "
             f"from {first.source}: {first.reason}); fix the source and {rerun}: the cached shards are kept",
             report=self,
         )
@@ -80,6 +85,7 @@ class PrefetchReport:
         """A few lines for people."""
         lines = [
             f"dataset {self.dataset!r} version {self.version}: {self.state}"
+            + (f" (part {self.part} of {self.parts})" if self.part is not None else "")
             + (" (already cached, nothing to do)" if self.noop else ""),
             f"  {self.shards} shards, {self.rows} rows, {format_bytes(self.bytes)} written in "
             f"{self.seconds:.2f}s ({self.mb_per_s:.0f} MB/s)",

@@ -58,7 +58,7 @@ def preinstalled() -> Any:
 
     return components.Components(**{
         name: dsl.component(base_image=components.BASE_IMAGE, install_kfp_package=False)(getattr(ops, name))
-        for name in ("prefetch_op", "cache_status_op", "verify_op", "evict_op")
+        for name in ("prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op")
     })
 
 

@@ -24,12 +24,12 @@ from shardcache.kubeflow_components import components, ops
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "kubeflow"
-NAMES = ("prefetch_op", "cache_status_op", "verify_op", "evict_op")
+NAMES = ("prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op")
 PIN = f"shardcache[k8s]=={shardcache.__version__}"
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kubeflow_example_pipeline", EXAMPLE / "pipeline.py")
+def load_example(name: str = "pipeline") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"kubeflow_example_{name}", EXAMPLE / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -64,6 +64,42 @@ def test_committed_pipeline_yaml_is_current(tmp_path: Path) -> None:
     assert (EXAMPLE / "pipeline.yaml").read_text() == fresh.read_text(), (
         "examples/kubeflow/pipeline.yaml is stale: run `python examples/kubeflow/pipeline.py`"
     )
+
+
+def test_committed_parallel_pipeline_yaml_is_current(tmp_path: Path) -> None:
+    fresh = tmp_path / "parallel_pipeline.yaml"
+    compiler.Compiler().compile(load_example("parallel_pipeline").pipeline, str(fresh))
+    assert (EXAMPLE / "parallel_pipeline.yaml").read_text() == fresh.read_text(), (
+        "examples/kubeflow/parallel_pipeline.yaml is stale: run `python examples/kubeflow/parallel_pipeline.py`"
+    )
+
+
+def test_parallel_pipeline_shape() -> None:
+    doc, platform = yaml.safe_load_all((EXAMPLE / "parallel_pipeline.yaml").read_text())
+    tasks = doc["root"]["dag"]["tasks"]
+    assert set(tasks) == {"plan-op", "for-loop-1", "commit-op"}
+    loop = tasks["for-loop-1"]
+    assert loop["dependentTasks"] == ["plan-op"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-op-Output"
+    # The commit waits for every part: it collects their outputs.
+    assert tasks["commit-op"]["dependentTasks"] == ["for-loop-1"]
+    (inner,) = doc["components"]["comp-for-loop-1"]["dag"]["tasks"].values()
+    params = inner["inputs"]["parameters"]
+    for name in ("part", "parts", "version"):
+        assert params[name]["parameterExpressionSelector"] == f'parseJson(string_value)["{name}"]'
+    assert inner["retryPolicy"]["maxRetryCount"] == 2  # a lost part is run again alone
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-plan-op", "exec-prefetch-op", "exec-commit-op"):
+        (secret,) = k8s[name]["secretAsEnv"]
+        assert secret["secretName"] == "shardcache-redis-auth"
+
+
+def test_parallel_pipeline_compiles_for_a_prebuilt_image(tmp_path: Path) -> None:
+    image = "registry.example.com/ml/shardcache:0.1.0"
+    path = tmp_path / "offline.yaml"
+    compiler.Compiler().compile(load_example("parallel_pipeline").build_pipeline(image), str(path))
+    executors = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {image}
 
 
 def test_prefetch_op_signature() -> None:
@@ -189,7 +225,8 @@ def test_facade_exports_and_discovery_needs_no_kfp() -> None:
     import shardcache.kubeflow_components as facade
 
     assert sorted(facade.__all__) == sorted([
-        "prefetch_op", "cache_status_op", "verify_op", "evict_op", "components_for_image", "Components",
+        "prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op",
+        "components_for_image", "Components",
         "component_file", "BASE_IMAGE", "PACKAGES_TO_INSTALL", "cache_url_from_k8s", "discover_cache",
         "load_kube_config", "CacheEndpoint", "open_cache", "resolve_cache_address",
     ])

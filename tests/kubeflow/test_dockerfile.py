@@ -63,7 +63,8 @@ def test_image_writes_the_kfp_config_the_components_need(tmp_path: Path) -> None
     config = configparser.ConfigParser()
     config.optionxform = str  # type: ignore[assignment,method-assign]  # kfp keeps the case of names
     config.read_string(out.stdout)
-    assert sorted(config["Components"]) == sorted(["prefetch_op", "cache_status_op", "verify_op", "evict_op"])
+    assert sorted(config["Components"]) == sorted(
+        ["prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op"])
     assert all(Path(path).is_file() for path in config["Components"].values())
 
 

@@ -150,3 +150,44 @@ def test_bad_flags_fail_before_connecting(tmp_path: Path) -> None:
         line = one_line_error(run(*base, *args))
         assert time.monotonic() - started < 5
         assert line.startswith(f"Error: {args[0]} ")
+
+
+def test_prefetch_in_parts_by_hand_and_in_processes(redis_url: str, dataset_name: str, tmp_path: Path) -> None:
+    write_parquet_files(tmp_path, files=2, rows=150)
+    common = [str(tmp_path), "--dataset", dataset_name, "--redis", redis_url, "--shard-size", "8KiB"]
+    plan = json.loads(run("prefetch", *common, "--plan-only", "--parts", "2", "--json").output)
+    assert (plan["parts"], plan["state"], plan["missing"]) == (2, "loading", plan["shards"])
+    assert plan["ranges"][0][0] == 0
+    assert plan["ranges"][-1][1] == plan["shards"]
+
+    early = run("prefetch", *common, "--commit")
+    assert early.exit_code == 1
+    assert early.output.count("\n") == 1  # one line, no traceback
+    assert "part 0: shards" in early.output
+    assert "part 1: shards" in early.output
+
+    for part in ("0", "1"):
+        out = run("prefetch", *common, "--part", part, "--parts", "2", "--version", plan["version"], "--json")
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.output)["state"] == "loading"
+    done = json.loads(run("prefetch", *common, "--commit", "--version", plan["version"], "--json").output)
+    assert (done["state"], done["version"]) == ("complete", plan["version"])
+    with connect(redis_url) as cache:
+        assert cache.manifest(dataset_name).complete
+
+    again = json.loads(run("prefetch", *common, "--processes", "2", "--json").output)
+    assert again["noop"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--processes", "2", "--part", "0"], "--processes and --part do not go together"),
+    (["--part", "0"], "--part needs --parts N"),
+    (["--parts", "2"], "--parts goes with"),
+    (["--part", "2", "--parts", "2"], "--part 2 is out of range"),
+    (["--processes", "2", "--allow-partial"], "--allow-partial does not apply to --processes"),
+])
+def test_prefetch_parts_options_clash(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["prefetch", str(tmp_path), "--dataset", "d", "--redis", "redis://127.0.0.1:1",
+                                      *args])
+    assert result.exit_code == 2
+    assert message in result.output

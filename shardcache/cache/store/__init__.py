@@ -198,6 +198,21 @@ class ShardCache:
         lock.acquire(wait=wait)
         return lock
 
+    def part_lock(self, name: str, version: str, part: int, *, wait: float = 0.0, ttl: float = 30.0) -> DatasetLock:
+        """Take the lock of part ``part`` of a parallel prefetch of ``version`` (DatasetLocked after ``wait`` s)."""
+        lock = DatasetLock(call=self.call, key=self.keys.part_lock(name, version, part), dataset=name, ttl=ttl,
+                           what=f"part {part} of dataset {name!r} version {version}")
+        lock.acquire(wait=wait)
+        return lock
+
+    def record_parts(self, name: str, version: str, parts: int) -> int:
+        """Record that ``version`` loads in ``parts`` parts unless a number is recorded; return the recorded one."""
+        return self._catalog.record_parts(name, version, parts)
+
+    def recorded_parts(self, name: str, version: str) -> int | None:
+        """The number of parts a loading ``version`` was planned in (None: not planned in parts)."""
+        return self._catalog.recorded_parts(name, version)
+
     def begin(self, manifest: Manifest) -> Manifest:
         """Write ``manifest`` as ``loading`` unless that version exists; return the stored one.
 

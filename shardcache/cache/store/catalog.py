@@ -42,6 +42,9 @@ return 1
 """
 
 
+_PARTS_FIELD = "parts"  # not a shard index: readers of done:V skip it
+
+
 class Catalog:
     """Datasets, versions and manifests in one session. ``shard_ttl`` (seconds, None: none) is
     recorded in the manifests of the versions begun here."""
@@ -125,6 +128,20 @@ class Catalog:
             return shard
         raw = self.session.call("HGET", self.session.keys.done(manifest.name, manifest.version), str(index))
         return shard if raw is None else _recorded(manifest, shard, raw)
+
+    def record_parts(self, name: str, version: str, parts: int) -> int:
+        """Record that loading ``version`` is split in ``parts`` parts, unless a number is recorded
+        already; return the recorded number. It lives in ``done:V`` (field ``parts``), so commit and
+        removal drop it with the version's other loading records."""
+        key = self.session.keys.done(name, version)
+        self.session.call("HSETNX", key, _PARTS_FIELD, str(int(parts)))
+        return self.recorded_parts(name, version) or int(parts)
+
+    def recorded_parts(self, name: str, version: str) -> int | None:
+        """The number of parts ``version`` was planned in, or None (not planned in parts, or committed)."""
+        raw = self.session.call("HGET", self.session.keys.done(name, version), _PARTS_FIELD)
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        return int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else None
 
     def begin(self, manifest: Manifest) -> Manifest:
         name, version = manifest.name, manifest.version
