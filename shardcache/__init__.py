@@ -35,7 +35,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .dataloader import CachedDataLoader, CachedDataset
+    from .dataloader import CachedDataLoader, CachedDataset, CachedMapDataset
     from .prefetcher import prefetch
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "prefetch",
     "CachedDataset",
     "CachedDataLoader",
+    "CachedMapDataset",
     # errors
     "ShardCacheError",
     "ConfigError",
@@ -71,6 +72,7 @@ _LAZY = {
     "prefetch": "shardcache.prefetcher",
     "CachedDataset": "shardcache.dataloader",
     "CachedDataLoader": "shardcache.dataloader",
+    "CachedMapDataset": "shardcache.dataloader",
 }
 
 

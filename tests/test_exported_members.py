@@ -18,7 +18,8 @@ ERRORS = {
     "PrefetchFailed", "KubernetesError",
 }
 PUBLIC = {
-    "__version__", "connect", "prefetch", "ShardCache", "Manifest", "CachedDataset", "CachedDataLoader", *ERRORS,
+    "__version__", "connect", "prefetch", "ShardCache", "Manifest", "CachedDataset", "CachedDataLoader",
+    "CachedMapDataset", *ERRORS,
 }
 CACHE = {
     "connect", "ShardCache", "Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "RetryPolicy", "CacheStats",

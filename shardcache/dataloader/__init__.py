@@ -9,7 +9,8 @@
 ...         images, labels = batch["image"], batch["label"]
 
 Modules: ``plan`` (which samples each rank reads, exactly once, elastic; over ``shardcache.sampling``),
-``dataset`` and ``loader`` (the two public classes), ``context`` (what a worker reads, frozen), ``worker``
+``dataset`` and ``loader`` (the streaming classes), ``mapdataset`` (random access by index, over
+``shardlru``), ``context`` (what a worker reads, frozen), ``worker``
 (one worker's batches), ``readahead`` (bounded shard prefetch), ``source`` (cache or read-through),
 ``tensors`` and ``inplace`` (Arrow rows to tensors), ``state`` (the state dict), ``spec`` (what an
 iteration reads, shared with persistent workers), ``stats``, ``device``, ``sampler`` (``set_epoch`` from
@@ -27,13 +28,24 @@ if TYPE_CHECKING:
     from .dataset import CachedDataset
     from .device import DevicePrefetcher, to_device
     from .loader import CachedDataLoader
+    from .mapdataset import CachedMapDataset, MapStats
     from .stats import LoaderStats
 
-__all__ = ["CachedDataset", "CachedDataLoader", "DevicePrefetcher", "LoaderStats", "to_device"]
+__all__ = [
+    "CachedDataset",
+    "CachedDataLoader",
+    "CachedMapDataset",
+    "DevicePrefetcher",
+    "LoaderStats",
+    "MapStats",
+    "to_device",
+]
 
 _MODULES = {
     "CachedDataset": "dataset",
     "CachedDataLoader": "loader",
+    "CachedMapDataset": "mapdataset",
+    "MapStats": "mapdataset",
     "DevicePrefetcher": "device",
     "to_device": "device",
     "LoaderStats": "stats",
