@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.util import Finalize
 from typing import Any
@@ -30,19 +32,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ..cache import Lease, ShardCache, connect
 from ..cache.keys import check_dataset_name
 from ..errors import ConfigError
 from ..sampling import row_offsets
-from .checks import check_bool, check_callable, check_seconds, check_size
+from .checks import check_bool, check_callable, check_int, check_seconds, check_size
 from .dataset import _check_prefetch_transform
 from .shardlru import ShardLRU
 from .source import ShardSource
 from .stats import Counters
 from .tensors import BatchBuilder, ShardViews, column_specs
-from .worker import drop_lease, take_lease
+from .worker import MAIN_READ_THREADS, WORKER_READ_THREADS, drop_lease, take_lease
 
 __all__ = ["CachedMapDataset", "MapStats"]
 
@@ -87,6 +89,9 @@ class _Reader:
         self.samples = 0
         self.lru_hits = 0
         self.lru: ShardLRU[ShardViews] = ShardLRU(budget=ds.cache_bytes)
+        default = WORKER_READ_THREADS if get_worker_info() is not None else MAIN_READ_THREADS
+        self.threads: int = ds.read_threads or default
+        self._pool: ThreadPoolExecutor | None = None
         self.builder = BatchBuilder(ds.column_specs, dataset=ds.name)
         self.source = ShardSource(
             cache=ds.cache, manifest=ds.manifest, counters=self.counters, read_through=ds.read_through,
@@ -97,12 +102,41 @@ class _Reader:
         # too: multiprocessing runs these at a child's exit, and ignores them in a forked copy).
         self.finalize = Finalize(self, drop_lease, args=(self.lease, ds.name), exitpriority=10)
 
-    def shard(self, index: int) -> ShardViews:
-        views = self.lru.get(index)
-        if views is None:
-            table = self.source.load(index)
-            views = self.builder.views(table, shard=index)
-            self.lru.put(index, views, nbytes=table.nbytes)
+    def shards(self, indices: Sequence[int]) -> Iterator[tuple[int, ShardViews, bool]]:
+        """``(index, views, from the LRU)`` for each of ``indices``: those in the LRU first, then the others,
+        loaded ``threads`` at a time (each shard of a batch would otherwise wait for the one before)."""
+        missing = []
+        for index in indices:
+            views = self.lru.get(index)
+            if views is None:
+                missing.append(index)
+            else:
+                yield index, views, True
+        if len(missing) <= 1 or self.threads == 1:
+            for index in missing:
+                yield index, self._load(index), False
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="shardcache-map-read")
+        todo = iter(missing)
+        running: deque[tuple[int, Future[ShardViews]]] = deque()
+        try:
+            for index in todo:  # at most `threads` shards loaded ahead of the one being used
+                running.append((index, self._pool.submit(self._load, index)))
+                if len(running) >= self.threads:
+                    done, future = running.popleft()
+                    yield done, future.result(), False
+            while running:
+                done, future = running.popleft()
+                yield done, future.result(), False
+        finally:
+            for _, future in running:
+                future.cancel()
+
+    def _load(self, index: int) -> ShardViews:
+        table = self.source.load(index)
+        views = self.builder.views(table, shard=index)
+        self.lru.put(index, views, nbytes=table.nbytes)
         return views
 
     def stats(self) -> MapStats:
@@ -114,6 +148,9 @@ class _Reader:
                         shards_held=len(self.lru), bytes_held=self.lru.nbytes, **counted)  # fmt: skip
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         self.lru.clear()
         self.finalize()  # releases the lease, once
 
@@ -138,7 +175,10 @@ class CachedMapDataset(Dataset[Any]):
             dataset; checked against the manifest's transform id.
         write_back: write rebuilt shards back into the cache.
         cache_bytes: bytes of decoded shards each process keeps (LRU; e.g. ``"1GiB"``); the shard just
-            loaded is kept even when it alone is larger.
+            loaded is kept even when it alone is larger, and a batch's shards loading at the same time
+            (``read_threads``) may briefly add theirs.
+        read_threads: shards of one batch loaded at the same time (default 2 in a DataLoader worker, 3
+            without workers).
         lease_ttl: seconds a reader's lease outlives a reader that died. The process that builds the
             dataset holds a lease on the version from then on, and every other process that reads it (a
             DataLoader worker) from its first read, until :meth:`close`, garbage collection or its exit.
@@ -156,6 +196,7 @@ class CachedMapDataset(Dataset[Any]):
         prefetch_transform: Callable[[Any], Any] | None = None,
         write_back: bool = True,
         cache_bytes: int | str = DEFAULT_CACHE_BYTES,
+        read_threads: int | None = None,
         lease_ttl: float | str = 60.0,
     ) -> None:
         check_dataset_name(name, argument="name")
@@ -169,6 +210,7 @@ class CachedMapDataset(Dataset[Any]):
         if budget is None or budget < 1:
             raise ConfigError(f"cache_bytes={cache_bytes!r} is invalid: pass a size such as '1GiB' (at least 1 byte)")
         self.cache_bytes = budget
+        self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1", optional=True)
         self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
         if isinstance(cache, ShardCache):
             self.cache = cache
@@ -232,10 +274,8 @@ class CachedMapDataset(Dataset[Any]):
         reader = self._open()
         shards = np.searchsorted(self.offsets, ids, side="right") - 1
         samples: list[dict[str, Any]] = [{} for _ in range(len(ids))]
-        for shard in dict.fromkeys(shards.tolist()):  # in order of first use
+        for shard, views, known in reader.shards(list(dict.fromkeys(shards.tolist()))):
             positions = np.flatnonzero(shards == shard)
-            known = shard in reader.lru
-            views = reader.shard(shard)
             if known:
                 reader.lru_hits += len(positions)
             rows = ids[positions] - self.offsets[shard]

@@ -99,6 +99,7 @@ def test_arguments_are_validated(dataset: Manifest, cache: ShardCache) -> None:
         ({"write_back": 1}, "write_back=1"),
         ({"transform": 3}, "transform=3 is not callable"),
         ({"lease_ttl": 0}, "lease_ttl=0"),
+        ({"read_threads": 0}, "read_threads=0"),
         ({"columns": ["nope"]}, "'nope'"),
         ({"cache": 7}, "cache=7"),
     ]
@@ -184,7 +185,7 @@ def test_the_lru_stays_within_its_budget(dataset: Manifest, cache: ShardCache) -
         assert stats.hits > dataset.num_shards, "shards were loaded again after eviction"
         assert stats.hits == stats.evictions + stats.shards_held
         assert stats.misses == stats.read_throughs == 0
-    with CachedMapDataset(dataset.name, cache=cache, cache_bytes="1GiB") as ds:
+    with CachedMapDataset(dataset.name, cache=cache, cache_bytes="1GiB", read_threads=1) as ds:
         for i in range(ROWS):
             ds[i]
         stats = ds.stats()
