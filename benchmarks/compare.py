@@ -384,7 +384,7 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
         "systems": rows_as_json(rows),
         "targets": [vars(t) for t in targets],
         "scaling": scaling,
-        "random_access": random_rows,
+        **({"random_access": random_rows} if random_rows is not None else {}),
     }
 
 
