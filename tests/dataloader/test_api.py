@@ -10,8 +10,10 @@ def test_exported_members():
     assert shardcache.dataloader.__all__ == [
         "CachedDataset",
         "CachedDataLoader",
+        "CachedMapDataset",
         "DevicePrefetcher",
         "LoaderStats",
+        "MapStats",
         "to_device",
     ]
     for name in shardcache.dataloader.__all__:
@@ -21,3 +23,4 @@ def test_exported_members():
 def test_the_package_facade_loads_the_loader_lazily():
     assert shardcache.CachedDataLoader is shardcache.dataloader.CachedDataLoader
     assert shardcache.CachedDataset is shardcache.dataloader.CachedDataset
+    assert shardcache.CachedMapDataset is shardcache.dataloader.CachedMapDataset
