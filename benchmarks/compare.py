@@ -54,6 +54,7 @@ from comparison.config import (  # noqa: E402
 from comparison.dataset import Dataset, accept, generate  # noqa: E402
 from comparison.peers import Peers, ensure_peers  # noqa: E402
 from comparison.profile import find_py_spy, summarize, wrap  # noqa: E402
+from comparison.random_access import budget_of, render_random_access, run_random_access  # noqa: E402
 from comparison.report import (  # noqa: E402
     SHUFFLED_FAMILIES,
     Row,
@@ -135,6 +136,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="record the measured runs of --profile-systems with py-spy into DIR, and summarise where "
                         "the time goes (DIR/summary.txt)")
     p.add_argument("--profile-systems", default="cached", help="systems --profile records (default cached)")
+    p.add_argument("--random-access", nargs="?", const="auto", metavar="BUDGET",
+                   help="also measure random access: CachedMapDataset against the streaming CachedDataLoader and "
+                        "Parquet read by row group, with an LRU of BUDGET (default auto: a quarter of the dataset)")
     p.add_argument("--child-timeout", type=float, default=900.0, help="seconds one measured run may take")
     p.add_argument("--server-bin", help="the redis-server or valkey-server of the benchmark's cluster (default: "
                                         "valkey-server 9 or later when installed, else what `shardcache up` runs)")
@@ -305,7 +309,8 @@ def _steal_share(before: Any, after: Any) -> float | None:
 
 
 def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[str] = (),
-        profile: Path | None = None, profile_systems: frozenset[str] = frozenset({"cached"})) -> dict[str, Any]:
+        profile: Path | None = None, profile_systems: frozenset[str] = frozenset({"cached"}),
+        random_access: str | None = None) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON document (see ``--json-out``)."""
     profiler = _profiler(profile, profile_systems)
     profile = None if profile is None else profile.absolute()
@@ -341,6 +346,10 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
         outcomes = run_rounds(systems, rounds=cfg.rounds, warmup=cfg.warmup, timeout=cfg.child_timeout, say=say,
                               wrap=profiler)
         steal = _steal_share(cpu_before, psutil.cpu_times())
+        random_rows = None if random_access is None else run_random_access(
+            url=cluster.url, dataset=CACHED_NAME, files=[str(f) for f in ds.parquet_files], workers=cfg.workers,
+            budget=budget_of(random_access, dataset_bytes=ds.tensor_bytes), rounds=cfg.rounds,
+            warmup_rounds=cfg.warmup, timeout=cfg.child_timeout, say=say, dataset_rows=ds.rows)
         if profile is not None:
             _summarize_profiles(profile, systems, say)
         scaling = None
@@ -375,6 +384,7 @@ def run(cfg: BenchConfig, *, say: Callable[[str], None] = _say, argv: Sequence[s
         "systems": rows_as_json(rows),
         "targets": [vars(t) for t in targets],
         "scaling": scaling,
+        **({"random_access": random_rows} if random_rows is not None else {}),
     }
 
 
@@ -420,6 +430,8 @@ def render(doc: dict[str, Any], *, markdown: bool = False) -> str:
     ]
     if doc.get("scaling"):
         lines += ["", "scaling (CachedDataLoader, fresh process per run, warm epoch):", render_scaling(doc["scaling"])]
+    if doc.get("random_access"):
+        lines += ["", render_random_access(doc["random_access"])]
     return "\n".join(lines)
 
 
@@ -458,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = build_config(ns)
             profile_systems = frozenset(s.strip() for s in ns.profile_systems.split(",") if s.strip())
-            doc = run(cfg, argv=args, profile=ns.profile, profile_systems=profile_systems)
+            doc = run(cfg, argv=args, profile=ns.profile, profile_systems=profile_systems,
+                      random_access=ns.random_access)
     except (ShardCacheError, RuntimeError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .dataloader import CachedDataLoader, CachedDataset, Stream
+    from .dataloader import CachedDataLoader, CachedDataset, CachedMapDataset, Stream
     from .prefetcher import prefetch
 
 __version__ = "0.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "CachedDataset",
     "CachedDataLoader",
     "Stream",
+    "CachedMapDataset",
     # errors
     "ShardCacheError",
     "ConfigError",
@@ -73,6 +74,7 @@ _LAZY = {
     "CachedDataset": "shardcache.dataloader",
     "CachedDataLoader": "shardcache.dataloader",
     "Stream": "shardcache.dataloader",
+    "CachedMapDataset": "shardcache.dataloader",
 }
 
 

@@ -94,9 +94,16 @@ class DatasetNotFound(ShardCacheError, KeyError):
 
 
 class ShardMissing(ShardCacheError):
-    """A shard is not in the cache (evicted, lost with a node, or never loaded)."""
+    """A shard is not in the cache (evicted, lost with a node, or never loaded).
 
-    def __init__(self, message: str, *, dataset: str, version: str, shard: int) -> None:
+    Attributes:
+        dataset, version, shard: the shard concerned (None once torch's DataLoader has re-raised the
+            error from a worker of a map-style dataset: it keeps the type and the message only).
+    """
+
+    def __init__(
+        self, message: str, *, dataset: str | None = None, version: str | None = None, shard: int | None = None
+    ) -> None:
         super().__init__(message)
         self.dataset = dataset
         self.version = version

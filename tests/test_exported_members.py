@@ -19,7 +19,7 @@ ERRORS = {
 }
 PUBLIC = {
     "__version__", "connect", "prefetch", "ShardCache", "Manifest", "CachedDataset", "CachedDataLoader", "Stream",
-    *ERRORS,
+    "CachedMapDataset", *ERRORS,
 }
 CACHE = {
     "connect", "ShardCache", "Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "RetryPolicy", "CacheStats",

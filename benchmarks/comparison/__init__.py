@@ -12,6 +12,8 @@ One module per concern; the harness in ``compare.py`` wires them together:
 - ``scaling``     dataset x1/x2/x4 and shard size 1/4/8 MiB
 - ``profile``     ``--profile``: py-spy records of measured runs, summarised per thread
 - ``quality``     how well a shuffled run shuffled: mean move of a sample, source shards per batch
+- ``random_access``  ``--random-access``: CachedMapDataset by random index against the streaming
+                  loader and Parquet read by row group (its runs and its table)
 - ``child``, ``peer_child``   the measured runs (in the main and the peers virtualenv)
 - ``rss``, ``drive``, ``entry``   stdlib-only helpers both child kinds share
 

@@ -9,12 +9,12 @@
 ...         images, labels = batch["image"], batch["label"]
 
 Modules: ``plan`` (which samples each rank reads, exactly once, elastic; over ``shardcache.sampling``),
-``dataset`` and ``loader`` (the two public classes), ``stream`` and ``mix`` (mixing datasets), ``context``
-(what a worker reads, frozen), ``worker`` (one worker's batches), ``readahead`` (bounded shard prefetch),
-``source`` (cache or read-through), ``tensors`` and ``inplace`` (Arrow rows to tensors), ``state`` (the state
-dict), ``spec`` (what an iteration reads, shared with persistent workers), ``stats``, ``device``, ``sampler``
-(``set_epoch`` from frameworks), ``accelerate`` (``accelerator.prepare`` keeps a CachedDataLoader as it is),
-``hf``.
+``dataset`` and ``loader`` (the streaming classes), ``stream`` and ``mix`` (mixing datasets),
+``mapdataset`` (random access by index, over ``shardlru``), ``context`` (what a worker reads, frozen),
+``worker`` (one worker's batches), ``readahead`` (bounded shard prefetch), ``source`` (cache or
+read-through), ``tensors`` and ``inplace`` (Arrow rows to tensors), ``state`` (the state dict), ``spec``
+(what an iteration reads, shared with persistent workers), ``stats``, ``device``, ``sampler`` (``set_epoch``
+from frameworks), ``accelerate`` (``accelerator.prepare`` keeps a CachedDataLoader as it is), ``hf``.
 
 The public names import torch, so they load on first use.
 """
@@ -28,14 +28,27 @@ if TYPE_CHECKING:
     from .dataset import CachedDataset
     from .device import DevicePrefetcher, to_device
     from .loader import CachedDataLoader
+    from .mapdataset import CachedMapDataset, MapStats
     from .stats import LoaderStats, StreamStats
     from .stream import Stream
 
-__all__ = ["CachedDataset", "CachedDataLoader", "DevicePrefetcher", "LoaderStats", "Stream", "StreamStats", "to_device"]
+__all__ = [
+    "CachedDataset",
+    "CachedDataLoader",
+    "CachedMapDataset",
+    "DevicePrefetcher",
+    "LoaderStats",
+    "MapStats",
+    "Stream",
+    "StreamStats",
+    "to_device",
+]
 
 _MODULES = {
     "CachedDataset": "dataset",
     "CachedDataLoader": "loader",
+    "CachedMapDataset": "mapdataset",
+    "MapStats": "mapdataset",
     "DevicePrefetcher": "device",
     "to_device": "device",
     "LoaderStats": "stats",

@@ -1,5 +1,24 @@
-"""The loader's argument checks: the shared ones (:mod:`shardcache.checks`), under their old address."""
+"""The loader's argument checks: the shared ones (:mod:`shardcache.checks`), and the prefetch transform's."""
 
+from typing import Any
+
+from ..cache import Manifest
 from ..checks import check_bool, check_callable, check_int, check_seconds, check_size
+from ..errors import ConfigError
 
-__all__ = ["check_bool", "check_callable", "check_int", "check_seconds", "check_size"]
+__all__ = [
+    "check_bool", "check_callable", "check_int", "check_prefetch_transform", "check_seconds", "check_size",
+]
+
+
+def check_prefetch_transform(transform: Any, manifest: Manifest) -> None:
+    """ConfigError unless ``transform`` is the one ``manifest``'s version was prefetched with (read-through
+    rebuilds shards with it)."""
+    from ..source.transform import transform_id
+
+    given = transform_id(transform)
+    if given != manifest.transform_id:
+        raise ConfigError(
+            f"prefetch_transform={given!r} is not the transform {manifest.transform_id!r} that {manifest.name!r} "
+            f"version {manifest.version} was prefetched with; pass that one (read-through rebuilds shards with it)"
+        )

@@ -24,6 +24,7 @@ from ..cache import Manifest, ShardCache
 from ..cache.bulk import Into
 from ..errors import ConfigError
 from ..sampling import row_offsets
+from .checks import check_prefetch_transform
 from .source import ShardSource, Transform
 from .stats import Counters
 from .stream import Stream, stream_quotas
@@ -98,16 +99,8 @@ class Mix:
 
     def check_prefetch_transform(self, transform: Any) -> None:
         """ConfigError unless ``transform`` is the one every stream's version was prefetched with."""
-        from ..source.transform import transform_id
-
-        given = transform_id(transform)
         for part in self.parts:
-            m = part.manifest
-            if given != m.transform_id:
-                raise ConfigError(
-                    f"prefetch_transform={given!r} is not the transform {m.transform_id!r} that {m.name!r} version "
-                    f"{m.version} was prefetched with; pass that one (read-through rebuilds shards with it)"
-                )
+            check_prefetch_transform(transform, part.manifest)
 
     def with_manifests(self, manifests: Sequence[Manifest]) -> Mix:
         """The same mix over re-read manifests (of a still-loading version): the shard tables must not change."""

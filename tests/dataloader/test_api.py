@@ -10,10 +10,12 @@ def test_exported_members():
     assert shardcache.dataloader.__all__ == [
         "CachedDataset",
         "CachedDataLoader",
+        "CachedMapDataset",
         "DevicePrefetcher",
         "LoaderStats",
         "Stream",
         "StreamStats",
+        "MapStats",
         "to_device",
     ]
     for name in shardcache.dataloader.__all__:
@@ -24,3 +26,4 @@ def test_the_package_facade_loads_the_loader_lazily():
     assert shardcache.CachedDataLoader is shardcache.dataloader.CachedDataLoader
     assert shardcache.CachedDataset is shardcache.dataloader.CachedDataset
     assert shardcache.Stream is shardcache.dataloader.Stream
+    assert shardcache.CachedMapDataset is shardcache.dataloader.CachedMapDataset
