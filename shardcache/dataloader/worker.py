@@ -9,6 +9,7 @@ not depend on the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -22,6 +23,7 @@ from torch.utils.data import get_worker_info
 from ..cache import Lease, ShardCache
 from ..errors import AccessDenied, CacheUnavailable, ManifestCorrupted, ShardCacheError
 from ..sampling import row_offsets
+from .carry import Carried, carry_next, take_carried
 from .context import ReadContext
 from .inplace import InPlace, Use
 from .plan import EpochPlan
@@ -219,8 +221,16 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}
+    # A persistent worker may have read this iteration's first shards while the last one ended (carry.py).
+    carried = take_carried(_carry_key(ctx, spec, plan, worker, num_workers)) if in_worker else None
 
     def load(index: int) -> ShardViews:
+        if carried is not None:
+            table = carried.pop(index)
+            counters.add(**carried.counters.take())
+            if table is not None:
+                counters.add(carried_shards=1)
+                return builder.views(table, shard=index)
         if inplace is None:
             return builder.views(source.load(index), shard=index)
         need, uses = needs[index], list[Use]()
@@ -260,6 +270,8 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
                 yield TaggedBatch(j, batch, size, counters.take(), claim=claim)
             else:
                 yield batch
+        if spec.next_epoch is not None and in_worker:
+            _carry_next_epoch(ctx, spec, worker=worker, num_workers=num_workers)
     except ShardCacheError as exc:
         if not spec.tagged:
             raise
@@ -268,4 +280,36 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         ahead.close()
         if inplace is not None:
             inplace.close()
+        if carried is not None:
+            carried.close()
         drop_lease(lease, ctx.name)
+
+
+def _carry_key(ctx: ReadContext, spec: IterSpec, plan: EpochPlan, worker: int, num_workers: int) -> object:
+    return (ctx.name, ctx.version, dataclasses.replace(spec, next_epoch=None), plan, worker, num_workers)
+
+
+def _carry_next_epoch(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Carried | None:
+    """Start loading the shards of the first window of this worker's batches in epoch ``spec.next_epoch``
+    read from its start: the iteration a persistent worker most likely runs next (see carry.py)."""
+    assert spec.next_epoch is not None
+    history = spec.history if spec.next_epoch == spec.epoch else ()  # set_epoch() forgets a resume's history
+    spec = dataclasses.replace(spec, epoch=spec.next_epoch, start=0, history=history)
+    plan = dataclasses.replace(ctx.plan, epoch=spec.epoch, history=history)
+    mine = worker_batches(plan.num_batches, start=0, chunk=spec.chunk, worker=worker, num_workers=num_workers)
+    first_window = max(1, spec.window // spec.batch_size)
+    shards: list[int] = []
+    held = 0
+    for need in shard_schedule(plan, mine[:first_window], nbytes=ctx.shard_nbytes):
+        if shards and held + need.nbytes > ctx.readahead:
+            break
+        shards.append(need.shard)
+        held += need.nbytes
+    if not shards:
+        return None
+    counters = Counters()
+    source = ShardSource(
+        cache=ctx.cache, manifest=ctx.manifest, counters=counters, read_through=ctx.read_through,
+        write_back=ctx.write_back, prefetch_transform=ctx.prefetch_transform,
+    )  # fmt: skip
+    return carry_next(_carry_key(ctx, spec, plan, worker, num_workers), shards, source.load, counters=counters)
