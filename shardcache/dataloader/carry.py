@@ -3,12 +3,13 @@
 Every epoch a worker's first batch waits for the shards it mixes: the whole first shuffle window of a
 shuffled read (five shards at batch 64), one or two of an unshuffled one. A worker that PyTorch keeps
 between epochs (``persistent_workers=True``) knows what it will most likely read next: the same
-iteration one epoch later, from its start. So once it has built its last batch, it starts loading the
-first shards of that iteration on a few daemon threads (:func:`carry_next`), while the training loop
-still takes this epoch's last batches. When the next iteration starts, :func:`take_carried` hands the
-loads over if that iteration is the one predicted (same plan, spec, worker and dataset version);
-otherwise they are dropped. Carried shards are loaded the ordinary way (checked, counted), and
-gathered into their batches; a load that failed is simply loaded again by the iteration.
+iteration one epoch later (or the same epoch again, in a loop that does not call ``set_epoch``), from
+its start. So once its read-ahead has every shard of this epoch loading, it starts loading the first
+shards of that iteration on a few daemon threads (:func:`carry_next`), while it builds its last batches
+and the training loop takes them. When the next iteration starts, :func:`take_carried` hands the loads
+over if that iteration is the one predicted (same plan, spec, worker and dataset version); otherwise
+they are dropped. Carried shards are loaded the ordinary way (checked, counted), and gathered into
+their batches; a load that failed is simply loaded again by the iteration.
 
 >>> carry_next(key, shards, load, counters=Counters())     # doctest: +SKIP
 >>> carried = take_carried(key)                           # doctest: +SKIP

@@ -248,10 +248,15 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
     builder.reserve(spec.batch_size, batches=min(len(mine), reserve))
     j = int(mine[0])
+    # Once every shard of this iteration is loading, a persistent worker starts on the next one's (carry.py).
+    carry = spec.next_epoch is not None and in_worker
     try:
         for pos, j_ in enumerate(mine.tolist()):
             j = j_
             ahead.advance(pos)
+            if carry and ahead.dispatched:
+                carry = False
+                _carry_next_epoch(ctx, spec, worker=worker, num_workers=num_workers)
             groups, size = by_pos.take(pos)
             started = time.perf_counter()
             parts = [(ahead.get(shard), rows, positions) for shard, rows, positions in groups]
@@ -270,7 +275,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
                 yield TaggedBatch(j, batch, size, counters.take(), claim=claim)
             else:
                 yield batch
-        if spec.next_epoch is not None and in_worker:
+        if carry:
             _carry_next_epoch(ctx, spec, worker=worker, num_workers=num_workers)
     except ShardCacheError as exc:
         if not spec.tagged:
