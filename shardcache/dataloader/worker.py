@@ -243,10 +243,13 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     threads = ctx.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ctx.readahead, threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
-    # While the first shards load, make the blocks of the first batches; receiving in place, of the whole
-    # pool: batches are then filled ahead of the loop, and memory is at once what it settles at.
-    reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
-    builder.reserve(spec.batch_size, batches=min(len(mine), reserve))
+    # While the first shards load, a side thread makes the blocks of the first batches; receiving in place,
+    # of the whole pool: batches are then filled ahead of the loop, and memory is at once what it settles
+    # at. The loop does not wait for it (a batch whose slot is still empty has its block made on the spot).
+    if pooled:
+        reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
+        threading.Thread(target=_reserve, args=(builder, spec.batch_size, min(len(mine), reserve)),
+                         name=f"shardcache-reserve-{worker}", daemon=True).start()  # fmt: skip
     j = int(mine[0])
     # Once every shard of this iteration is loading, a persistent worker starts on the next one's (carry.py).
     carry = spec.next_epoch is not None and in_worker
@@ -288,6 +291,13 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         if carried is not None:
             carried.close()
         drop_lease(lease, ctx.name)
+
+
+def _reserve(builder: BatchBuilder, size: int, batches: int) -> None:
+    try:
+        builder.reserve(size, batches=batches)
+    except Exception as exc:  # the loop makes the blocks it needs itself, and raises then if it must
+        log.debug("could not make the worker's batch blocks ahead: %s", exc)
 
 
 def _carry_key(ctx: ReadContext, spec: IterSpec, plan: EpochPlan, worker: int, num_workers: int) -> object:
