@@ -306,7 +306,17 @@ def _carry_key(ctx: ReadContext, spec: IterSpec, plan: EpochPlan, worker: int, n
 
 def _carry_next_epoch(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Carried | None:
     """Start loading the shards of the first window of this worker's batches in epoch ``spec.next_epoch``
-    read from its start: the iteration a persistent worker most likely runs next (see carry.py)."""
+    read from its start: the iteration a persistent worker most likely runs next (see carry.py). Never
+    fails this iteration: carrying only saves the next one some waiting."""
+    try:
+        return _start_carry(ctx, spec, worker=worker, num_workers=num_workers)
+    except Exception as exc:
+        log.warning("could not load the first shards of epoch %s ahead (it reads them as usual): %r",
+                    spec.next_epoch, exc)  # fmt: skip
+        return None
+
+
+def _start_carry(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Carried | None:
     assert spec.next_epoch is not None
     history = spec.history if spec.next_epoch == spec.epoch else ()  # set_epoch() forgets a resume's history
     spec = dataclasses.replace(spec, epoch=spec.next_epoch, start=0, history=history)
