@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .rss import pss_held
+
 __all__ = ["drive"]
 
 
@@ -53,11 +55,12 @@ def drive(
     """
     if epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be >= 1")
-    began = time.perf_counter()
-    loader = make_loader()
-    if before_epoch is not None:
-        before_epoch(loader, 0)
-    first = last = _epoch(loader, label=label, began=began, record=record)
+    with pss_held():
+        began = time.perf_counter()
+        loader = make_loader()
+        if before_epoch is not None:
+            before_epoch(loader, 0)
+        first = last = _epoch(loader, label=label, began=began, record=record)
     for epoch in range(1, epochs):
         if before_epoch is not None:
             before_epoch(loader, epoch)

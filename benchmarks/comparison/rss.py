@@ -11,6 +11,12 @@ the O(1) RSS counters of the process tree (``statm``), and takes PSS when that s
 reaches a new high (at most every 50 ms), and once a second as a safety net. Memory
 peaks come with a new RSS high, so they are caught; a steady state costs nothing.
 The kernel's exact high-water mark of this process's own RSS (``VmHWM``) is kept too.
+
+A cold first epoch raises RSS all the time (workers start, pools fill), so there the sampler would
+walk page tables every 50 ms, contending with the loader it times: about 70 ms of a 0.5 s epoch
+with two workers here. :func:`pss_held` holds PSS readings back while a timed cold epoch runs: the
+RSS counters are still read, and PSS is read once the epoch ends, when that epoch's pools and
+read-ahead are still held (the warm epoch after it is sampled as usual).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PeakMemory", "high_water_mark"]
+__all__ = ["PeakMemory", "high_water_mark", "pss_held"]
 
 _PROC = Path("/proc")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -103,6 +109,22 @@ def _psutil_total(root: int) -> int:
     return total
 
 
+_active: list[PeakMemory] = []  # the samplers running in this process
+
+
+class pss_held:  # noqa: N801 -- a context manager used like a function
+    """Within it, the running samplers read no PSS (only the O(1) RSS counters); one PSS reading on exit."""
+
+    def __enter__(self) -> None:
+        for memory in _active:
+            memory.held += 1
+
+    def __exit__(self, *exc: object) -> None:
+        for memory in _active:
+            memory.held -= 1
+            memory.sample(force=True)
+
+
 class PeakMemory:
     """Context manager recording the peak memory of this process and its children, in bytes.
 
@@ -123,6 +145,8 @@ class PeakMemory:
         self._last_pss = float("-inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-peak-memory", daemon=True)
+        self.held = 0  # > 0 within pss_held()
+        self.rss_peak = 0  # the highest RSS sum seen (shared pages counted once per process)
 
     def sample(self, *, force: bool = False) -> None:
         """Read the RSS counters; read PSS too when they reach a new high (or when ``force``)."""
@@ -132,6 +156,9 @@ class PeakMemory:
         now = time.monotonic()
         pids = _linux_tree(self._pid)
         rss = _sum(_linux_rss, pids)
+        self.rss_peak = max(self.rss_peak, rss)
+        if self.held and not force:
+            return
         due = rss > self._rss_at_pss * _NEW_HIGH and now - self._last_pss >= _PSS_GAP_S
         if force or due or now - self._last_pss >= _PSS_EVERY_S:
             self.peak = max(self.peak, _sum(_linux_pss, pids))
@@ -144,6 +171,7 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         self.sample(force=True)
+        _active.append(self)
         self._thread.start()
         return self
 
@@ -152,4 +180,5 @@ class PeakMemory:
     ) -> None:
         self._stop.set()
         self._thread.join()
+        _active.remove(self)
         self.sample(force=True)

@@ -176,6 +176,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         self._window: int | None = None  # set by a loaded state; else the dataset's default
         self._resume: int | None = None  # the first batch of the next iteration, after load_state_dict
         self._consumed = 0  # batches of the current layout this rank has delivered in this epoch
+        self._last_epoch: int | None = None  # the epoch the last iteration read
         self._totals = self._zero_totals()  # summed per batch on the hot path; stats() snapshots
         # The slot pools of the workers whose batches arrived here (see slots.py): their block
         # descriptors are closed once the workers are gone, or with the loader.
@@ -224,8 +225,16 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
                 windows=-(-(num_batches - spec.start) // spec.chunk), num_workers=self.num_workers,
                 max_batches=POOL_SLOTS - prefetch - ahead,
             )  # fmt: skip
-            spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk + ahead))
+            spec = dataclasses.replace(spec, chunk=chunk, pool_slots=min(POOL_SLOTS, prefetch + chunk + ahead),
+                                       next_epoch=self._predicted_epoch())
         return _Run(spec, num_batches)
+
+    def _predicted_epoch(self) -> int | None:
+        """The epoch persistent workers prepare for while an iteration ends: the next one, unless the last
+        iteration read this same epoch (a loop that does not call ``set_epoch``)."""
+        if not self.persistent_workers:
+            return None
+        return self._epoch if self._last_epoch == self._epoch else self._epoch + 1
 
     def __len__(self) -> int:
         """The whole epoch's batches on this rank, also after ``load_state_dict`` (the rule: module docstring).
@@ -257,6 +266,7 @@ class CachedDataLoader(AccelerateHooks, DataLoader):
         for lease in leases:
             self._observer.reading(lease)
         per_stream = ds.stream_counts(run.spec)  # a mix's samples per stream of each batch, else None
+        self._last_epoch = self._epoch
         self._resume = None
         self._consumed = run.spec.start
         ds.activate(run.spec)

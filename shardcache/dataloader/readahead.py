@@ -119,6 +119,12 @@ class ReadAhead(Generic[T]):
                 self._release(shard)
             self._cond.notify_all()
 
+    @property
+    def dispatched(self) -> bool:
+        """Whether every shard of the schedule has been loaded or is loading (the threads are done)."""
+        with self._cond:
+            return self._next >= len(self._schedule) or self._stop.is_set()
+
     def get(self, shard: int) -> T:
         """The loaded shard, waiting for it. Raises its load error, or the first load error when
         loading stopped before reaching it."""

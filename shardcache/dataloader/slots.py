@@ -201,11 +201,17 @@ class SlotPool:
             self._blocks.pop(buffer.untyped_storage()._cdata, None)
         self._buffers[index] = None
 
-    def _new_block(self, index: int, nbytes: int, generation: int) -> None:
+    @staticmethod
+    def _make_block(nbytes: int) -> torch.Tensor:
         # Always backed by a file descriptor, whatever the sharing strategy: describe() sends that.
         storage = torch.UntypedStorage._new_using_fd_cpu(nbytes)
-        self._buffers[index] = torch.empty(0, dtype=torch.uint8).set_(storage)
-        self._blocks[storage._cdata] = (index, generation)  # the generation that made it: its incarnation
+        return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+    def _new_block(self, index: int, nbytes: int, generation: int, block: torch.Tensor | None = None) -> None:
+        block = self._make_block(nbytes) if block is None else block
+        self._buffers[index] = block
+        # The generation that made it: its incarnation.
+        self._blocks[block.untyped_storage()._cdata] = (index, generation)
 
     def describe(self, storage: torch.UntypedStorage) -> tuple[Any, ...] | None:
         """How to pickle ``storage`` if it is one of this pool's blocks (see the module docstring), else None."""
@@ -257,15 +263,21 @@ class SlotPool:
 
     def reserve(self, nbytes: int, *, limit: int) -> int:
         """Fill the empty slots among the first ``limit`` with blocks of ``nbytes``, every page faulted
-        in (the kernel zero-fills a shared page when it is first touched); returns how many were made."""
+        in (the kernel zero-fills a shared page when it is first touched); returns how many were made.
+
+        Blocks are made outside the lock, from the last slot down: the read-ahead threads take the
+        first ones meanwhile (an empty slot gets a block made on the spot), so the first batches need
+        not wait for the whole pool."""
         made = 0
-        with self._lock:
-            for index in range(min(limit, len(self._buffers))):
+        for index in reversed(range(min(limit, len(self._buffers)))):
+            with self._lock:
+                if self._buffers[index] is not None or self._flags[index] != 0:
+                    continue
+            block = self._make_block(nbytes)
+            block.numpy()[::_PAGE] = 0
+            with self._lock:
                 if self._buffers[index] is None and self._flags[index] == 0:
-                    self._new_block(index, nbytes, next(self._generations))
-                    buffer = self._buffers[index]
-                    assert buffer is not None
-                    buffer.numpy()[::_PAGE] = 0
+                    self._new_block(index, nbytes, next(self._generations), block)
                     made += 1
         return made
 

@@ -32,7 +32,9 @@ class IterSpec:
     worker reads the shards of its own window. ``tagged`` batches carry their index and counters for
     the CachedDataLoader, which puts them back in order; ``lease`` makes the iterator hold a lease
     itself (the loader holds one for all its workers instead). ``pool_slots`` bounds each worker's
-    pool of reused batch blocks (see ``slots.py``): about the batches a worker has in flight.
+    pool of reused batch blocks (see ``slots.py``): about the batches a worker has in flight. Workers that
+    outlive the iteration (``persistent_workers``) read the first shards of epoch ``next_epoch`` (from its
+    start) while it ends (see ``carry.py``); None: they do not.
     """
 
     epoch: int
@@ -47,6 +49,7 @@ class IterSpec:
     tagged: bool
     lease: bool
     pool_slots: int = 0
+    next_epoch: int | None = None
 
     def to_bytes(self) -> bytes:
         doc = asdict(self)

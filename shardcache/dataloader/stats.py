@@ -58,7 +58,9 @@ class LoaderStats:
         reused_buffers: batches that workers built in a shared-memory buffer the main process had given
             back (no fresh pages to fault in).
         received_in_place: shards whose largest column went from the socket straight into the batches
-            (unshuffled reads; see ``inplace.py``).
+            (see ``inplace.py``).
+        carried_shards: shards a persistent worker loaded for an epoch while the one before it ended
+            (see ``carry.py``).
         elapsed_seconds: wall time from the start of each iteration to its last batch, summed.
         streams: a mix's counts per stream, by stream label (empty for one dataset).
     """
@@ -77,6 +79,7 @@ class LoaderStats:
     elapsed_seconds: float = 0.0
     reused_buffers: int = 0
     received_in_place: int = 0
+    carried_shards: int = 0
     streams: Mapping[str, StreamStats] = field(default_factory=dict, hash=False)
 
     @classmethod

@@ -9,6 +9,7 @@ not depend on the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -22,6 +23,7 @@ from torch.utils.data import get_worker_info
 from ..cache import Lease, ShardCache
 from ..errors import AccessDenied, CacheUnavailable, ManifestCorrupted, ShardCacheError
 from ..sampling import row_offsets
+from .carry import Carried, carry_next, take_carried
 from .context import ReadContext
 from .inplace import InPlace, Use
 from .plan import EpochPlan
@@ -235,8 +237,16 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     if inplace is not None and inplace.column is None:
         inplace = None
     needs = {need.shard: need for need in schedule}
+    # A persistent worker may have read this iteration's first shards while the last one ended (carry.py).
+    carried = take_carried(_carry_key(ctx, spec, plan, worker, num_workers)) if in_worker else None
 
     def load(index: int) -> ShardViews:
+        if carried is not None:
+            table = carried.pop(index)
+            counters.add(**carried.counters.take())
+            if table is not None:
+                counters.add(carried_shards=1)
+                return builder.views(table, shard=index)
         if inplace is None:
             return builder.views(source.load(index), shard=index)
         need, uses = needs[index], list[Use]()
@@ -249,15 +259,23 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     threads = ctx.read_threads or (WORKER_READ_THREADS if in_worker else MAIN_READ_THREADS)
     ahead = ReadAhead(load, schedule, budget=ctx.readahead, threads=threads,
                       name=f"shardcache-readahead-{worker}")  # fmt: skip
-    # While the first shards load, make the blocks of the first batches; receiving in place, of the whole
-    # pool: batches are then filled ahead of the loop, and memory is at once what it settles at.
-    reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
-    builder.reserve(spec.batch_size, batches=min(len(mine), reserve))
+    # While the first shards load, a side thread makes the blocks of the first batches; receiving in place,
+    # of the whole pool: batches are then filled ahead of the loop, and memory is at once what it settles
+    # at. The loop does not wait for it (a batch whose slot is still empty has its block made on the spot).
+    if pooled:
+        reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
+        threading.Thread(target=_reserve, args=(builder, spec.batch_size, min(len(mine), reserve)),
+                         name=f"shardcache-reserve-{worker}", daemon=True).start()  # fmt: skip
     j = int(mine[0])
+    # Once every shard of this iteration is loading, a persistent worker starts on the next one's (carry.py).
+    carry = spec.next_epoch is not None and in_worker
     try:
         for pos, j_ in enumerate(mine.tolist()):
             j = j_
             ahead.advance(pos)
+            if carry and ahead.dispatched:
+                carry = False
+                _carry_next_epoch(ctx, spec, worker=worker, num_workers=num_workers)
             groups, size = by_pos.take(pos)
             started = time.perf_counter()
             parts = [(ahead.get(shard), rows, positions) for shard, rows, positions in groups]
@@ -276,6 +294,8 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
                 yield TaggedBatch(j, batch, size, counters.take(), claim=claim)
             else:
                 yield batch
+        if carry:
+            _carry_next_epoch(ctx, spec, worker=worker, num_workers=num_workers)
     except ShardCacheError as exc:
         if not spec.tagged:
             raise
@@ -284,4 +304,50 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         ahead.close()
         if inplace is not None:
             inplace.close()
+        if carried is not None:
+            carried.close()
         drop_leases(leases, ctx.versions)
+
+
+def _reserve(builder: BatchBuilder, size: int, batches: int) -> None:
+    try:
+        builder.reserve(size, batches=batches)
+    except Exception as exc:  # the loop makes the blocks it needs itself, and raises then if it must
+        log.debug("could not make the worker's batch blocks ahead: %s", exc)
+
+
+def _carry_key(ctx: ReadContext, spec: IterSpec, plan: EpochPlan, worker: int, num_workers: int) -> object:
+    return (ctx.versions, dataclasses.replace(spec, next_epoch=None), plan, worker, num_workers)
+
+
+def _carry_next_epoch(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Carried | None:
+    """Start loading the shards of the first window of this worker's batches in epoch ``spec.next_epoch``
+    read from its start: the iteration a persistent worker most likely runs next (see carry.py). Never
+    fails this iteration: carrying only saves the next one some waiting."""
+    try:
+        return _start_carry(ctx, spec, worker=worker, num_workers=num_workers)
+    except Exception as exc:
+        log.warning("could not load the first shards of epoch %s ahead (it reads them as usual): %r",
+                    spec.next_epoch, exc)  # fmt: skip
+        return None
+
+
+def _start_carry(ctx: ReadContext, spec: IterSpec, *, worker: int, num_workers: int) -> Carried | None:
+    assert spec.next_epoch is not None
+    history = spec.history if spec.next_epoch == spec.epoch else ()  # set_epoch() forgets a resume's history
+    spec = dataclasses.replace(spec, epoch=spec.next_epoch, start=0, history=history)
+    plan = dataclasses.replace(ctx.plan, epoch=spec.epoch, history=history)
+    mine = worker_batches(plan.num_batches, start=0, chunk=spec.chunk, worker=worker, num_workers=num_workers)
+    first_window = max(1, spec.window // spec.batch_size)
+    shards: list[int] = []
+    held = 0
+    for need in shard_schedule(plan, mine[:first_window], nbytes=ctx.shard_nbytes):
+        if shards and held + need.nbytes > ctx.readahead:
+            break
+        shards.append(need.shard)
+        held += need.nbytes
+    if not shards:
+        return None
+    counters = Counters()
+    source = ctx.shard_source(counters)
+    return carry_next(_carry_key(ctx, spec, plan, worker, num_workers), shards, source.load, counters=counters)

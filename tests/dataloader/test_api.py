@@ -13,9 +13,9 @@ def test_exported_members():
         "CachedMapDataset",
         "DevicePrefetcher",
         "LoaderStats",
+        "MapStats",
         "Stream",
         "StreamStats",
-        "MapStats",
         "to_device",
     ]
     for name in shardcache.dataloader.__all__:

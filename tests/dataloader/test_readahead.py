@@ -69,3 +69,18 @@ def test_close_stops_the_threads_and_releases_everything():
         assert not thread.is_alive()
     with pytest.raises(RuntimeError, match="closed before shard 40"):
         ahead.get(40)
+
+
+def test_dispatched_once_every_shard_is_loading() -> None:
+    release = threading.Event()
+
+    def load(shard: int) -> int:
+        release.wait(5)
+        return shard
+
+    uses = [(0, 0), (0, 1), (1, 1)]
+    with ReadAhead(load, schedule(uses), budget=10, threads=1) as ahead:
+        assert not ahead.dispatched  # shard 0 loads, the budget holds the others back
+        release.set()
+        assert consume(ahead, [[0, 1], [1, 2]]) == [[0, 1], [1, 2]]
+        assert ahead.dispatched
