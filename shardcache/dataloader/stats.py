@@ -148,6 +148,12 @@ class Counters:
                     key = f"{name}@{stream}"
                     self._pending[key] = self._pending.get(key, 0) + delta
 
+    def merge(self, taken: Mapping[str, float]) -> None:
+        """Add what another :class:`Counters`' :meth:`take` returned (per-stream counts included)."""
+        with self._lock:
+            for key, delta in taken.items():
+                self._pending[key] = self._pending.get(key, 0) + delta
+
     def take(self) -> dict[str, float]:
         with self._lock:
             out, self._pending = self._pending, {}

@@ -243,7 +243,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     def load(index: int) -> ShardViews:
         if carried is not None:
             table = carried.pop(index)
-            counters.add(**carried.counters.take())
+            counters.merge(carried.counters.take())
             if table is not None:
                 counters.add(carried_shards=1)
                 return builder.views(table, shard=index)

@@ -131,6 +131,23 @@ def test_two_workers_deliver_the_quotas(mixed, cache):
     assert [s.samples for s in stats.streams.values()] == [100, 170]
 
 
+@pytest.mark.slow
+def test_persistent_workers_carrying_the_next_epoch_deliver_each_epoch_of_a_mix_exactly(mixed, cache):
+    # Persistent workers load the next epoch's first shards while an epoch ends (carry.py): through the
+    # mix's own source, so the carried shards are the right stream's and counted per stream.
+    streams = [Stream(mixed["a"].name, samples=100), Stream(mixed["b"].name, samples=170)]
+    persistent = CachedDataLoader(streams, cache=cache, batch_size=12, num_workers=2, persistent_workers=True)
+    for epoch in range(3):
+        persistent.set_epoch(epoch)
+        plain = CachedDataLoader(streams, cache=cache, batch_size=12)
+        plain.set_epoch(epoch)
+        assert id_batches(persistent) == id_batches(plain), f"epoch {epoch}"
+    stats = persistent.stats()
+    assert stats.carried_shards >= 1
+    assert [s.samples for s in stats.streams.values()] == [300, 510]
+    assert stats.hits == sum(s.hits for s in stats.streams.values())
+
+
 def test_an_undersampled_stream_covers_its_rows_over_epochs_and_an_upsampled_one_wraps(mixed, cache):
     streams = [Stream(mixed["a"].name, samples=100), Stream(mixed["b"].name, samples=2 * B_ROWS + 20)]
     a_seen: list[int] = []
