@@ -1,34 +1,39 @@
 """A stream's passes as a mix's epochs read them: no sample twice in an epoch that crosses into a new pass.
 
-A stream of ``N`` samples with a quota of ``q`` a epoch is read as the concatenation of its passes; epoch
-``e`` takes ``[e * q, (e + 1) * q)``. Pass ``p`` is a permutation ``E_p`` of the stream. With ``q <= N``
-an epoch spans at most two passes; one that crosses from pass ``p - 1`` into pass ``p`` takes the tail
-``T_{p-1}`` (the last ``t = (p * N) mod q`` samples of ``E_{p-1}``) and the head (the first ``h = q - t``)
-of ``E_p``. The raw seeded permutation ``pi_p`` (:func:`~.shuffle.shard_stream` of ``(seed, p, stream)``)
-may put a sample of ``T_{p-1}`` in its head, so:
+A stream of ``N`` samples with a quota of ``q`` an epoch is read as the concatenation of its passes;
+epoch ``e`` takes ``[e * q, (e + 1) * q)``. Pass ``p`` is a permutation ``E_p`` of the stream, made from
+the raw seeded permutation ``pi_p`` (:func:`~.shuffle.shard_stream` of ``(seed, p, stream)``). With
+``q <= N`` an epoch spans at most two passes; one that crosses from pass ``p - 1`` into pass ``p`` takes
+the tail ``T_{p-1}`` of ``E_{p-1}`` (its last ``t_{p-1}`` samples, ``t_p = ((p + 1) * N) mod q``) and the
+head of ``E_p`` (its first ``h_p = q - t_{p-1}``). ``pi_p`` may put a sample of ``T_{p-1}`` in its head,
+so ``E_p`` is, by the first rule that applies:
 
-* ``E_0 = pi_0``, and ``E_p = pi_p`` when no epoch crosses into pass ``p`` (``t = 0``) or ``q > N``;
-* otherwise ``E_p`` = the first ``h`` samples of ``pi_p`` that are not in ``T_{p-1}`` (in ``pi_p``
-  order), then the rest of ``pi_p`` in ``pi_p`` order. There are enough (``h <= N - t``), and they all
-  sit at positions ``< h + t = q`` of ``pi_p``: outside the crossing, passes keep their whole-shard order.
+1. ``pi_p`` when no epoch crosses into pass ``p`` (``p = 0`` or ``t_{p-1} = 0``), when ``q > N``, or
+   without shuffle (passes are ``arange(N)``: tail ``[N - t, N)`` and head ``[0, h)`` are disjoint);
+2. when ``q + t_p > N`` (pass ``p`` *split*: it lies in just two epochs, ``h_p + t_p = N``, which needs
+   ``q > N / 2``): ``T_p`` is the last ``t_p`` samples of ``pi_k``, ``k`` the latest pass before ``p``
+   that is not split, and ``E_p`` = the samples not in ``T_p``, then those in ``T_p``, each in ``pi_p``
+   order;
+3. otherwise: the first ``h_p`` samples of ``pi_p`` not in ``T_{p-1}`` (there are enough: ``h_p <= N -
+   t_{p-1}``; all at positions ``< q`` of ``pi_p``), then the rest of ``pi_p``, both in ``pi_p`` order.
 
-Hence each ``E_p`` is a permutation (each pass delivers every sample once), the crossing epoch
-``T_{p-1} + head`` has no repeat, and every other epoch lies inside one pass. ``E_p = pi_p`` exactly
-when the head of ``pi_p`` misses ``T_{p-1}``: a plan whose epochs never cross a pass with an overlap
-(one dataset without ``epoch_size``: ``q = N``) is byte-identical to the raw passes.
+Why this holds. Every ``E_p`` is a permutation, so each pass delivers every sample once, and an epoch
+inside one pass repeats nothing. Under rule 3 the head avoids ``T_{p-1}`` by construction, and the
+moved samples sit at positions ``< q <= N - t_p``, so ``T_p`` is the raw tail of ``pi_p``. Along a run of
+split passes ``t`` grows by ``d = N - q`` a pass (``N mod q = d`` as ``q > N / 2``), from a pass ``k``
+with ``0 < t_k <= d`` whose tail is raw (rule 3, or rule 1, or ``k = 0``): the tails of the run are the
+nested suffixes of ``pi_k``, ``T_{p-1}`` inside ``T_p``, so the crossing epoch ``T_{p-1}`` + (the
+samples not in ``T_p``) has no repeat either. A split pass must have ``T_p`` contain ``T_{p-1}``
+whatever the order (its head is the complement of ``T_p`` and must avoid ``T_{p-1}``); taking the
+nested suffixes of one permutation makes ``k`` closed-form (``k = p + 1 - ceil(t_p / d)``), so a pass
+costs at most two permutations in any process, with no chain through earlier passes and no cache.
 
-The chain. ``E_p`` needs ``T_{p-1}``. Since the head of ``E_p`` lies in positions ``< q`` of ``pi_p``,
-``T_p`` is the raw tail of ``pi_p`` whenever ``q + t_p <= N`` (always when ``q <= N / 2``); else it
-depends on ``T_{p-1}``, and :func:`pass_tail` walks back to the latest pass whose tail is raw (or is
-cached), then forward. The dependency is inherent, not an artefact of this rule: when ``q + t_p > N``
-pass ``p`` is split between just two epochs, so ``T_p`` is the complement of the head of pass ``p``,
-which must avoid ``T_{p-1}``: ``T_p`` contains ``T_{p-1}``, whatever the order. The worst case is ``q``
-just under ``N`` (``q = N - 1``: raw only at pass 0, so a cold plan of pass ``p`` permutes ``p`` passes);
-a small per-process cache of tails (packed bit masks, keyed by the exact rows, seed, stream, quota and
-pass) makes consecutive epochs cost one pass each. Every process computes the same ``E_p``.
-
-Without shuffle the passes are ``arange(N)``: tail ``[N - t, N)`` and head ``[0, h)`` are disjoint
-when ``q <= N``, so the rule leaves them as they are (:func:`effective_pass` skips the work).
+What moves. Rule 3 leaves ``pi_p`` as it is when its head misses ``T_{p-1}``, so with ``q <= N / 2`` a
+pass differs from ``pi_p`` only after a crossing that overlaps; one dataset without ``epoch_size``
+(``q = N``) and any ``q`` that divides ``N`` never cross, so they read the raw passes byte for byte.
+Split passes (rule 2) are reordered even without an overlap. Locality: the samples moved are mostly
+whole shards (a suffix of a shard order), so every pass keeps whole-shard reading except at the
+straddling shards.
 
 An oversampled stream (``q > N``) keeps its raw passes: an epoch then holds ``m`` whole passes plus a
 tail and a head, so each sample appears between ``floor(q / N) - 1`` and ``ceil(q / N) + 1`` times in
@@ -37,8 +42,6 @@ an epoch, and exactly once in each pass.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,118 +49,75 @@ import numpy.typing as npt
 
 from .shuffle import IdArray, shard_stream
 
-__all__ = ["clear_tail_cache", "effective_pass", "pass_tail"]
-
-_CACHE_SIZE = 32  # tails kept per process: N / 8 bytes each (160 kB for 1.28M samples)
-_tails: OrderedDict[tuple[object, ...], npt.NDArray[np.uint8]] = OrderedDict()
-_lock = threading.Lock()
+__all__ = ["Passes"]
 
 
-def clear_tail_cache() -> None:
-    """Forget the tails this process has computed (benchmarks and tests; plans never need it)."""
-    with _lock:
-        _tails.clear()
+class Passes:
+    """The passes of one stream read ``quota`` samples an epoch; keeps the permutations and tails it computed."""
 
+    def __init__(self, rows: Sequence[int], *, seed: int, stream: int, quota: int, shuffle: bool) -> None:
+        self.rows, self.seed, self.stream, self.quota, self.shuffle = rows, seed, stream, quota, shuffle
+        self.total = int(sum(rows))
+        self._raw: dict[int, IdArray] = {}
+        self._tails: dict[int, npt.NDArray[np.bool_]] = {}
 
-def _raw(rows: Sequence[int], *, seed: int, stream: int, p: int, shuffle: bool) -> IdArray:
-    if shuffle:
-        return shard_stream(rows, seed=seed, epoch=p, stream=stream)
-    return np.arange(int(sum(rows)), dtype=np.int64)
-
-
-def _avoid(raw: IdArray, taken: npt.NDArray[np.bool_], head: int) -> IdArray:
-    """``raw`` with its first ``head`` samples not in ``taken`` moved, in order, to the front."""
-    window = raw[: head + int(np.count_nonzero(taken))]
-    picked = np.flatnonzero(~taken[window])[:head]
-    if len(picked) == 0 or picked[-1] == head - 1:  # the first ``head`` miss ``taken``: nothing moves
-        return raw
-    rest = np.ones(len(raw), dtype=bool)
-    rest[picked] = False
-    return np.concatenate([window[picked], raw[rest]])
-
-
-def _mask(ids: IdArray, total: int) -> npt.NDArray[np.bool_]:
-    out = np.zeros(total, dtype=bool)
-    out[ids] = True
-    return out
-
-
-class _Passes:
-    """The passes of one stream at one quota (``q <= N``, shuffled)."""
-
-    def __init__(self, rows: Sequence[int], *, seed: int, stream: int, quota: int) -> None:
-        self.rows, self.seed, self.stream, self.quota = tuple(int(n) for n in rows), seed, stream, quota
-        self.total = sum(self.rows)
+    def raw(self, p: int) -> IdArray:
+        """``pi_p``, the seeded permutation of pass ``p`` (``arange`` without shuffle)."""
+        if p not in self._raw:
+            self._raw[p] = (
+                shard_stream(self.rows, seed=self.seed, epoch=p, stream=self.stream)
+                if self.shuffle
+                else np.arange(self.total, dtype=np.int64)
+            )
+        return self._raw[p]
 
     def cut(self, p: int) -> int:
         """``t_p``: the samples of pass ``p`` in the epoch that crosses into pass ``p + 1`` (0: none)."""
         return (p + 1) * self.total % self.quota
 
-    def key(self, p: int) -> tuple[object, ...]:
-        return (self.rows, self.seed, self.stream, self.quota, p)
+    def crossed(self, p: int) -> bool:
+        """Whether an epoch crosses into pass ``p`` and rule 1 does not apply."""
+        return self.shuffle and self.quota <= self.total and p > 0 and self.cut(p - 1) > 0
 
-    def cached(self, p: int) -> npt.NDArray[np.bool_] | None:
-        with _lock:
-            packed = _tails.get(self.key(p))
-            if packed is not None:
-                _tails.move_to_end(self.key(p))
-        return None if packed is None else np.unpackbits(packed, count=self.total).astype(bool)
+    def split(self, p: int) -> bool:
+        """Rule 2: pass ``p`` lies in just two epochs (``q + t_p > N``)."""
+        return self.crossed(p) and self.quota + self.cut(p) > self.total
 
-    def keep(self, p: int, order: IdArray) -> npt.NDArray[np.bool_]:
-        """Cache and return ``T_p``, the last ``t_p`` samples of ``order = E_p``, as a mask."""
-        taken = _mask(order[len(order) - self.cut(p) :], self.total)
-        with _lock:
-            _tails[self.key(p)] = np.packbits(taken)
-            _tails.move_to_end(self.key(p))
-            while len(_tails) > _CACHE_SIZE:
-                _tails.popitem(last=False)
-        return taken
-
-    def order(self, p: int, before: npt.NDArray[np.bool_] | None) -> IdArray:
-        """``E_p`` given ``before = T_{p-1}`` (None when no epoch crosses into pass ``p``)."""
-        raw = _raw(self.rows, seed=self.seed, stream=self.stream, p=p, shuffle=True)
-        if before is None:
-            return raw
-        return _avoid(raw, before, self.quota - self.cut(p - 1))
-
-    def crossing(self, p: int) -> bool:
-        return p > 0 and self.cut(p - 1) > 0
+    def run_start(self, p: int) -> int:
+        """The latest pass before the split pass ``p`` that is not split."""
+        d = self.total - self.quota
+        return p + 1 - -(-self.cut(p) // d)
 
     def tail(self, p: int) -> npt.NDArray[np.bool_]:
-        """``T_p`` (``t_p > 0``): walk back to a cached or raw tail, then forward."""
-        chain = []
-        k = p
-        while True:
-            taken = self.cached(k)
-            if taken is not None:
-                break
-            if not self.crossing(k) or self.quota + self.cut(k) <= self.total:
-                raw = _raw(self.rows, seed=self.seed, stream=self.stream, p=k, shuffle=True)
-                taken = self.keep(k, raw)
-                break
-            chain.append(k)
-            k -= 1
-        for k in reversed(chain):
-            taken = self.keep(k, self.order(k, taken))
-        return taken
+        """``T_p`` (``t_p > 0``) as a mask over the stream's ids."""
+        if p not in self._tails:
+            source = self.raw(self.run_start(p) if self.split(p) else p)
+            self._tails[p] = np.zeros(self.total, dtype=bool)
+            self._tails[p][source[len(source) - self.cut(p) :]] = True
+        return self._tails[p]
 
+    def order(self, p: int) -> IdArray:
+        """``E_p``, pass ``p`` as the epochs read it (see the module docstring)."""
+        raw = self.raw(p)
+        if not self.crossed(p):
+            return raw
+        if self.split(p):
+            late = self.tail(p)[raw]
+            return np.concatenate([raw[~late], raw[late]])
+        head = self.quota - self.cut(p - 1)
+        window = raw[: self.quota]
+        picked = np.flatnonzero(~self.tail(p - 1)[window])[:head]
+        if picked[-1] == head - 1:  # the head of pi_p misses T_{p-1}: nothing moves
+            return raw
+        rest = np.ones(self.total, dtype=bool)
+        rest[picked] = False
+        return np.concatenate([window[picked], raw[rest]])
 
-def pass_tail(rows: Sequence[int], *, seed: int, stream: int, quota: int, p: int) -> IdArray:
-    """``T_p`` of a shuffled stream with ``quota <= N``: the samples of pass ``p`` in the epoch that crosses
-    into pass ``p + 1``, sorted (empty when no epoch crosses)."""
-    passes = _Passes(rows, seed=seed, stream=stream, quota=quota)
-    if quota > passes.total or passes.cut(p) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(passes.tail(p)).astype(np.int64)
-
-
-def effective_pass(rows: Sequence[int], *, seed: int, stream: int, quota: int, p: int, shuffle: bool) -> IdArray:
-    """``E_p``, pass ``p`` of a stream read ``quota`` samples an epoch (see the module docstring)."""
-    total = int(sum(rows))
-    if not shuffle or quota > total:
-        return _raw(rows, seed=seed, stream=stream, p=p, shuffle=shuffle)
-    passes = _Passes(rows, seed=seed, stream=stream, quota=quota)
-    order = passes.order(p, passes.tail(p - 1) if passes.crossing(p) else None)
-    if passes.cut(p) > 0:
-        passes.keep(p, order)  # an epoch crosses out of this pass: the next pass finds its tail cached
-    return order
+    def tail_ids(self, p: int) -> IdArray:
+        """``T_p`` sorted: the samples of pass ``p`` in the epoch that crosses into pass ``p + 1`` (empty
+        when none does, or when ``q > N``)."""
+        if self.quota > self.total or self.cut(p) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if not self.shuffle:
+            return np.arange(self.total - self.cut(p), self.total, dtype=np.int64)
+        return np.flatnonzero(self.tail(p)).astype(np.int64)

@@ -14,7 +14,7 @@ from shardcache.dataloader.plan import EpochPlan, PlanSegment, remaining_stream,
 from shardcache.dataloader.stream import stream_quotas
 from shardcache.errors import ConfigError
 from shardcache.sampling import interleave, quotas, row_offsets, shard_stream, stream_take
-from shardcache.sampling.passes import clear_tail_cache, pass_tail
+from shardcache.sampling.passes import Passes
 
 # Stream 0: 7 shards (60 rows), stream 1: 3 shards (25 rows), stream 2: 2 shards (9 rows).
 STREAMS = [(5, 1, 9, 30, 2, 12, 1), (10, 7, 8), (4, 5)]
@@ -205,19 +205,30 @@ def epochs_of(rows, quota, seed, count, *, stream=0, shuffle=True) -> list[np.nd
 
 
 def reference_passes(rows, quota, seed, count, *, stream=0) -> list[np.ndarray]:
-    """The rule of the passes module, written plainly: E_p = the first h of pi_p not in T_{p-1}, then the rest."""
+    """The rules of the passes module written plainly, pass after pass, the runs found by walking back."""
     total = sum(rows)
+    raw = [shard_stream(rows, seed=seed, epoch=p, stream=stream).tolist() for p in range(count)]
+    cut = [(p + 1) * total % quota for p in range(count)]
     out: list[np.ndarray] = []
+    tails: list[set[int]] = []
     for p in range(count):
-        raw = shard_stream(rows, seed=seed, epoch=p, stream=stream).tolist()
-        t = p * total % quota
-        if p == 0 or t == 0 or quota > total:
-            out.append(np.array(raw))
-            continue
-        tail = set(out[-1][total - t :].tolist())
-        head = [x for x in raw if x not in tail][: quota - t]
-        chosen = set(head)
-        out.append(np.array(head + [x for x in raw if x not in chosen]))
+        crossed = quota <= total and p > 0 and cut[p - 1] > 0
+        split = crossed and quota + cut[p] > total
+        if not crossed:
+            order = raw[p]
+        elif split:
+            k = p - 1
+            while k > 0 and cut[k - 1] > 0 and quota + cut[k] > total:
+                k -= 1
+            late = set(raw[k][total - cut[p] :])
+            assert tails[p - 1] <= late, "the tails of a run are nested"
+            order = [x for x in raw[p] if x not in late] + [x for x in raw[p] if x in late]
+        else:
+            head = [x for x in raw[p] if x not in tails[p - 1]][: quota - cut[p - 1]]
+            chosen = set(head)
+            order = head + [x for x in raw[p] if x not in chosen]
+        out.append(np.array(order))
+        tails.append(set(order[total - cut[p] :]) if cut[p] else set())
     return out
 
 
@@ -257,34 +268,32 @@ def test_the_passes_are_the_raw_ones_when_no_crossing_overlaps():
 
 
 @pytest.mark.parametrize("quota", [59, 58, 31, 29, 7])
-def test_the_passes_are_deterministic_cold_warm_and_out_of_order(quota):
+def test_the_passes_are_deterministic_and_an_epoch_alone_equals_it_in_sequence(quota):
     rows, seed = LAYOUTS[0], 9
-    clear_tail_cache()
-    cold = stream_take(rows, seed=seed, stream=1, start=37 * quota, count=quota, shuffle=True)
-    clear_tail_cache()
+    alone = stream_take(rows, seed=seed, stream=1, start=37 * quota, count=quota, shuffle=True)
     in_order = epochs_of(rows, quota, seed, 38, stream=1)
-    assert cold.tobytes() == in_order[37].tobytes()
-    later = epochs_of(rows, quota, seed, 60, stream=1)  # a warm cache, then epochs out of order
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(in_order, later, strict=False))
-    assert stream_take(rows, seed=seed, stream=1, start=12 * quota, count=quota, shuffle=True).tobytes() == (
-        later[12].tobytes()
-    )
-    clear_tail_cache()
-    other = epochs_of(rows, quota, seed, 38, stream=2)  # another stream, then this one again: no mix-up
-    assert any(a.tobytes() != b.tobytes() for a, b in zip(other, in_order, strict=True))
-    assert stream_take(rows, seed=seed, stream=1, start=37 * quota, count=quota, shuffle=True).tobytes() == (
-        cold.tobytes()
-    )
+    assert alone.tobytes() == in_order[37].tobytes()
+    again = epochs_of(rows, quota, seed, 38, stream=1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(in_order, again, strict=True))
+    other = epochs_of(rows, quota, seed, 38, stream=2)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(other, in_order, strict=True)), "streams differ"
 
 
-def test_pass_tail_is_the_end_of_the_pass_in_the_crossing_epoch():
-    rows, quota = LAYOUTS[0], 59
-    sequence = np.concatenate(epochs_of(rows, quota, 4, 20))
-    for p in range(15):
-        t = (p + 1) * 60 % quota
-        tail = pass_tail(rows, seed=4, stream=0, quota=quota, p=p)
-        assert tail.tolist() == sorted(sequence[(p + 1) * 60 - t : (p + 1) * 60].tolist())
-    assert len(pass_tail(rows, seed=4, stream=0, quota=30, p=3)) == 0
+def test_the_tails_are_the_ends_of_the_passes_and_runs_start_where_the_walk_back_stops():
+    rows = LAYOUTS[0]
+    for quota in (59, 58, 45, 31, 25, 13):
+        passes = Passes(rows, seed=4, stream=0, quota=quota, shuffle=True)
+        sequence = np.concatenate(epochs_of(rows, quota, 4, 25 * 60 // quota))
+        for p in range(20):
+            t = (p + 1) * 60 % quota
+            assert passes.tail_ids(p).tolist() == sorted(sequence[(p + 1) * 60 - t : (p + 1) * 60].tolist())
+            if passes.split(p):
+                k = p - 1
+                while passes.split(k):
+                    k -= 1
+                assert passes.run_start(p) == k
+    assert len(Passes(rows, seed=4, stream=0, quota=30, shuffle=True).tail_ids(3)) == 0
+    assert Passes(rows, seed=4, stream=0, quota=59, shuffle=False).tail_ids(2).tolist() == [57, 58, 59]
 
 
 def test_without_shuffle_the_passes_are_source_order_and_no_epoch_repeats():
