@@ -8,7 +8,8 @@
 [0, 3, 5]
 
 Modules: ``shuffle`` (the seeded shard-then-row stream and the window shuffle), ``partition``
-(the one contiguous split of a stream across ranks) and ``mix`` (quotas and the stream of a mix).
+(the one contiguous split of a stream across ranks), ``mix`` (quotas and the stream of a mix) and
+``passes`` (a mix stream's passes, so that no epoch that crosses into a new pass repeats a sample).
 """
 
 from .mix import interleave, mix_stream, quotas, stream_take

@@ -5,9 +5,14 @@ ids). Each stream is read as an endless sequence of *passes*: pass ``p`` is ever
 once, in the seeded shard-then-row order of ``(seed, p, s)`` (:func:`~.shuffle.shard_stream`; in source
 order without shuffle). Epoch ``e`` takes the stream's samples ``[e * q, (e + 1) * q)`` of that sequence,
 ``q`` its quota: an undersampled stream continues next epoch where this one stopped, without
-replacement, and an oversampled one wraps into its next pass. Every stream's chunk keeps its shard
-order (one shard of a stream live at a time); :func:`interleave` spreads the chunks evenly, so every
-part of the epoch has the mix's ratio.
+replacement, and an oversampled one wraps into its next pass. With ``q`` up to the stream's rows, no
+epoch holds a sample twice: an epoch that crosses into pass ``p`` takes from pass ``p`` only samples
+that the end of pass ``p - 1`` did not give it (:mod:`.passes`: every pass is still each sample once,
+computed in closed form, and a pass keeps its raw order unless such a crossing overlaps or, with ``q``
+over half the rows, the pass lies in just two epochs). An oversampled stream (``q``
+over its ``N`` rows) keeps its raw passes: each sample ``floor(q / N) - 1`` to ``ceil(q / N) + 1`` times
+an epoch, once a pass. Every stream's chunk keeps its shard order (one shard of a stream live at a
+time); :func:`interleave` spreads the chunks evenly, so every part of the epoch has the mix's ratio.
 
 >>> quotas(10, [7, 3])
 (7, 3)
@@ -26,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError
-from .shuffle import IdArray, row_offsets, shard_stream
+from .passes import Passes
+from .shuffle import IdArray, row_offsets
 
 __all__ = ["interleave", "mix_stream", "quotas", "stream_take"]
 
@@ -52,16 +58,18 @@ def quotas(total: int, weights: Sequence[float | int | Fraction]) -> tuple[int, 
     return tuple(floors)
 
 
-def stream_take(rows: Sequence[int], *, seed: int, stream: int, start: int, count: int, shuffle: bool) -> IdArray:
-    """Samples ``[start, start + count)`` of a stream's endless sequence of passes (the stream's own flat ids)."""
+def stream_take(
+    rows: Sequence[int], *, seed: int, stream: int, start: int, count: int, shuffle: bool, quota: int | None = None
+) -> IdArray:
+    """Samples ``[start, start + count)`` of a stream's endless sequence of passes (the stream's own flat ids),
+    read ``quota`` (default ``count``) samples an epoch: the passes are :class:`~.passes.Passes`."""
     total = int(sum(rows))
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
+    quota = count if quota is None else quota
     first, last = start // total, (start + count - 1) // total
-    passes = [
-        shard_stream(rows, seed=seed, epoch=p, stream=stream) if shuffle else np.arange(total, dtype=np.int64)
-        for p in range(first, last + 1)
-    ]
+    order = Passes(rows, seed=seed, stream=stream, quota=quota, shuffle=shuffle)
+    passes = [order.order(p) for p in range(first, last + 1)]
     sequence = passes[0] if len(passes) == 1 else np.concatenate(passes)
     begin = start - first * total
     return sequence[begin : begin + count]

@@ -13,7 +13,8 @@ from shardcache.dataloader import Stream
 from shardcache.dataloader.plan import EpochPlan, PlanSegment, remaining_stream, resume_point
 from shardcache.dataloader.stream import stream_quotas
 from shardcache.errors import ConfigError
-from shardcache.sampling import interleave, quotas, row_offsets
+from shardcache.sampling import interleave, quotas, row_offsets, shard_stream, stream_take
+from shardcache.sampling.passes import Passes
 
 # Stream 0: 7 shards (60 rows), stream 1: 3 shards (25 rows), stream 2: 2 shards (9 rows).
 STREAMS = [(5, 1, 9, 30, 2, 12, 1), (10, 7, 8), (4, 5)]
@@ -190,3 +191,144 @@ def test_a_bad_mix_argument_raises_config_error():
     with pytest.raises(ConfigError, match="mix="):
         EpochPlan.build(rows=ROWS, seed=0, epoch=0, world_size=1, rank=0, batch_size=1, drop_last=False,
                         mix=((3, 5),))  # fmt: skip
+
+
+# --- no sample twice in an epoch that crosses into a new pass (shardcache.sampling.passes) ---------------
+
+LAYOUTS = [(5, 1, 9, 30, 2, 12, 1), (3, 3, 3, 3, 3, 3, 3), (7, 0, 4, 11), (1, 2, 40, 1, 3)]
+
+
+def epochs_of(rows, quota, seed, count, *, stream=0, shuffle=True) -> list[np.ndarray]:
+    return [
+        stream_take(rows, seed=seed, stream=stream, start=e * quota, count=quota, shuffle=shuffle) for e in range(count)
+    ]
+
+
+def reference_passes(rows, quota, seed, count, *, stream=0) -> list[np.ndarray]:
+    """The rules of the passes module written plainly, pass after pass, the runs found by walking back."""
+    total = sum(rows)
+    raw = [shard_stream(rows, seed=seed, epoch=p, stream=stream).tolist() for p in range(count)]
+    cut = [(p + 1) * total % quota for p in range(count)]
+    out: list[np.ndarray] = []
+    tails: list[set[int]] = []
+    for p in range(count):
+        crossed = quota <= total and p > 0 and cut[p - 1] > 0
+        split = crossed and quota + cut[p] > total
+        if not crossed:
+            order = raw[p]
+        elif split:
+            k = p - 1
+            while k > 0 and cut[k - 1] > 0 and quota + cut[k] > total:
+                k -= 1
+            late = set(raw[k][total - cut[p] :])
+            assert tails[p - 1] <= late, "the tails of a run are nested"
+            order = [x for x in raw[p] if x not in late] + [x for x in raw[p] if x in late]
+        else:
+            head = [x for x in raw[p] if x not in tails[p - 1]][: quota - cut[p - 1]]
+            chosen = set(head)
+            order = head + [x for x in raw[p] if x not in chosen]
+        out.append(np.array(order))
+        tails.append(set(order[total - cut[p] :]) if cut[p] else set())
+    return out
+
+
+def quotas_near(total: int) -> list[int]:
+    return sorted({total - 1, total - 2, total // 2 - 1, total // 2, total // 2 + 1, 7, 13, total} - {0})
+
+
+@pytest.mark.parametrize("rows", LAYOUTS)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_no_epoch_repeats_a_sample_and_every_pass_is_each_sample_once(rows, seed):
+    total = sum(rows)
+    for quota in quotas_near(total):
+        count = max(3 * total // quota, 2 * total + 3) if quota > total - 3 else 6 * total // quota + 3
+        epochs = epochs_of(rows, quota, seed, count)
+        for e, ids in enumerate(epochs):
+            assert len(set(ids.tolist())) == quota, f"epoch {e} of q={quota}, N={total} repeats a sample"
+        sequence = np.concatenate(epochs)
+        for p in range(len(sequence) // total):
+            assert sorted(sequence[p * total : (p + 1) * total].tolist()) == list(range(total)), f"pass {p}"
+        passes = reference_passes(rows, quota, seed, len(sequence) // total + 1)
+        assert np.concatenate(passes)[: len(sequence)].tolist() == sequence.tolist(), "epochs = slices of the E_p"
+
+
+def test_the_passes_are_the_raw_ones_when_no_crossing_overlaps():
+    rows = LAYOUTS[0]
+    for quota in (60, 30, 20, 12):  # quota divides N: no epoch crosses a pass
+        sequence = np.concatenate(epochs_of(rows, quota, 1, 5 * 60 // quota))
+        raw = np.concatenate([shard_stream(rows, seed=1, epoch=p) for p in range(5)])
+        assert sequence.tobytes() == raw.tobytes()
+    sequence = np.concatenate(epochs_of(rows, 25, 1, 12))  # crossings: only those with an overlap move
+    raw = [shard_stream(rows, seed=1, epoch=p) for p in range(5)]
+    moved = [p for p in range(5) if sequence[p * 60 : (p + 1) * 60].tobytes() != raw[p].tobytes()]
+    for p in range(1, 5):
+        t = p * 60 % 25
+        overlap = t and set(sequence[p * 60 - t : p * 60].tolist()) & set(raw[p][: 25 - t].tolist())
+        assert (p in moved) == bool(overlap) or p - 1 in moved
+
+
+@pytest.mark.parametrize("quota", [59, 58, 31, 29, 7])
+def test_the_passes_are_deterministic_and_an_epoch_alone_equals_it_in_sequence(quota):
+    rows, seed = LAYOUTS[0], 9
+    alone = stream_take(rows, seed=seed, stream=1, start=37 * quota, count=quota, shuffle=True)
+    in_order = epochs_of(rows, quota, seed, 38, stream=1)
+    assert alone.tobytes() == in_order[37].tobytes()
+    again = epochs_of(rows, quota, seed, 38, stream=1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(in_order, again, strict=True))
+    other = epochs_of(rows, quota, seed, 38, stream=2)
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(other, in_order, strict=True)), "streams differ"
+
+
+def test_the_tails_are_the_ends_of_the_passes_and_runs_start_where_the_walk_back_stops():
+    rows = LAYOUTS[0]
+    for quota in (59, 58, 45, 31, 25, 13):
+        passes = Passes(rows, seed=4, stream=0, quota=quota, shuffle=True)
+        sequence = np.concatenate(epochs_of(rows, quota, 4, 25 * 60 // quota))
+        for p in range(20):
+            t = (p + 1) * 60 % quota
+            assert passes.tail_ids(p).tolist() == sorted(sequence[(p + 1) * 60 - t : (p + 1) * 60].tolist())
+            if passes.split(p):
+                k = p - 1
+                while passes.split(k):
+                    k -= 1
+                assert passes.run_start(p) == k
+    assert len(Passes(rows, seed=4, stream=0, quota=30, shuffle=True).tail_ids(3)) == 0
+    assert Passes(rows, seed=4, stream=0, quota=59, shuffle=False).tail_ids(2).tolist() == [57, 58, 59]
+
+
+def test_without_shuffle_the_passes_are_source_order_and_no_epoch_repeats():
+    rows = LAYOUTS[2]
+    for quota in quotas_near(22):
+        sequence = np.concatenate(epochs := epochs_of(rows, quota, 0, 50, shuffle=False))
+        assert sequence.tolist() == (list(range(22)) * (len(sequence) // 22 + 1))[: len(sequence)]
+        assert all(len(set(ids.tolist())) == quota for ids in epochs)
+
+
+@pytest.mark.parametrize("quota", [23, 30, 44, 45, 61, 66])
+def test_an_oversampled_stream_keeps_each_sample_within_its_bounds(quota):
+    rows = LAYOUTS[2]  # 22 rows
+    epochs = epochs_of(rows, quota, 2, 30)
+    low, high = quota // 22 - 1, -(-quota // 22) + 1
+    for ids in epochs:
+        counts = Counter(ids.tolist())
+        assert all(low <= counts.get(x, 0) <= high for x in range(22))
+    sequence = np.concatenate(epochs)
+    for p in range(len(sequence) // 22):
+        assert sorted(sequence[p * 22 : (p + 1) * 22].tolist()) == list(range(22))
+
+
+def test_a_mix_of_streams_near_their_rows_repeats_no_sample_in_any_epoch():
+    mix = mix_of((59, 24, 4))
+    firsts = row_offsets([sum(s) for s in STREAMS])
+    seen = [[], [], []]
+    for epoch in range(70):
+        ids = planned(mix, epoch=epoch)
+        owner = stream_of(ids)
+        for s in range(3):
+            mine = ids[owner == s] - firsts[s]
+            assert len(set(mine.tolist())) == len(mine), f"epoch {epoch}, stream {s}"
+            seen[s].append(mine)
+    for s, size in enumerate(sum(x) for x in STREAMS):
+        sequence = np.concatenate(seen[s])
+        for p in range(len(sequence) // size):
+            assert sorted(sequence[p * size : (p + 1) * size].tolist()) == list(range(size))
