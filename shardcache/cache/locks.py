@@ -58,7 +58,9 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 local expiry = math.floor(tonumber(last[2])) + 60000
 redis.call('PEXPIREAT', KEYS[1], expiry)
 if #KEYS > 1 then
-  if #gone > 0 then redis.pcall('HDEL', KEYS[2], unpack(gone)) end
+  for i = 1, #gone, 500 do  -- unpack() is bounded by Lua's stack: at most 500 fields per HDEL
+    redis.pcall('HDEL', KEYS[2], unpack(gone, i, math.min(i + 499, #gone)))
+  end
   if ARGV[3] then
     redis.pcall('HSET', KEYS[2], ARGV[1], ARGV[3])
     redis.pcall('PEXPIREAT', KEYS[2], expiry)

@@ -102,7 +102,7 @@ def render(view: ClusterView, *, cache: ShardCache) -> str:
             readers.append((
                 r.holder, _shown(d.name), r.version, rank, str(beat.get("epoch", "-")),
                 _percent(beat.get("hit_ratio")), _percent(beat.get("wait_fraction")),
-                f"{beat['samples_per_second']:.0f}" if "samples_per_second" in beat else "-",
+                _rate(beat.get("samples_per_second")),
                 f"{max(r.expires_in, 0):.0f}s",
             ))
     lines.append("")
@@ -136,3 +136,8 @@ def _table(rows: Sequence[Sequence[str]], *, right: set[int]) -> list[str]:
             cells.append(pad + cell if i in right else cell + pad)
         out.append("  ".join(cells).rstrip())
     return out
+
+
+def _rate(value: object) -> str:
+    """A heartbeat's samples/s; anything but a number (a heartbeat is data from Redis) shows as "-"."""
+    return f"{value:.0f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"

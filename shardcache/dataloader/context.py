@@ -72,9 +72,11 @@ class ReadContext:
     def shard_source(self, counters: Counters) -> ShardSource | MixSource:
         """Loads the plan's (global) shards, counting into ``counters``."""
         if self.mix is None or len(self.mix.parts) == 1:
+            transform = self.prefetch_transform if self.mix is None else self.mix.prefetch_transform_of(
+                0, self.prefetch_transform)  # fmt: skip
             return ShardSource(
                 cache=self.cache, manifest=self.manifest, counters=counters, read_through=self.read_through,
-                write_back=self.write_back, prefetch_transform=self.prefetch_transform,
+                write_back=self.write_back, prefetch_transform=transform,
             )  # fmt: skip
         return MixSource(
             cache=self.cache, mix=self.mix, counters=counters, read_through=self.read_through,

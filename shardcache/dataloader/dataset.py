@@ -133,8 +133,7 @@ class CachedDataset(IterableDataset[Any]):
         self.name = self.mix.name
         self.version = self.mix.version
         self.rows = self.mix.rows
-        if self.prefetch_transform is not None:
-            self.mix.check_prefetch_transform(self.prefetch_transform)
+        self.mix.check_prefetch_transform(self.prefetch_transform)
         self._epoch = 0
         self._shared = SharedSpec()
         self._active: IterSpec | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -41,6 +41,7 @@ class MixPart:
     manifest: Manifest
     quota: int
     first_shard: int
+    prefetch_transform: Transform | None = field(default=None, compare=False)  # the stream's own, if given
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -98,9 +99,17 @@ class Mix:
         ] + ([{"epoch_size": self.epoch_size}] if self.epoch_size is not None else [])
 
     def check_prefetch_transform(self, transform: Any) -> None:
-        """ConfigError unless ``transform`` is the one every stream's version was prefetched with."""
+        """ConfigError unless each stream's prefetch transform (its own, else ``transform``; none given: not
+        checked) is the one its version was prefetched with."""
         for part in self.parts:
-            check_prefetch_transform(transform, part.manifest)
+            given = part.prefetch_transform if part.prefetch_transform is not None else transform
+            if given is not None:
+                check_prefetch_transform(given, part.manifest)
+
+    def prefetch_transform_of(self, stream: int, transform: Transform | None) -> Transform | None:
+        """The transform that rebuilds stream ``stream``'s shards: its own, else the dataset's ``transform``."""
+        own = self.parts[stream].prefetch_transform
+        return own if own is not None else transform
 
     def with_manifests(self, manifests: Sequence[Manifest]) -> Mix:
         """The same mix over re-read manifests (of a still-loading version): the shard tables must not change."""
@@ -153,8 +162,8 @@ def resolve_mix(
     quota = stream_quotas(streams, rows, epoch_size=epoch_size, labels=[repr(x) for x in labels])
     starts = row_offsets([len(m.shards) for m in manifests])
     parts = tuple(
-        MixPart(label=label, manifest=m, quota=q, first_shard=int(start))
-        for label, m, q, start in zip(labels, manifests, quota, starts[:-1], strict=True)
+        MixPart(label=label, manifest=m, quota=q, first_shard=int(start), prefetch_transform=stream.prefetch_transform)
+        for label, m, q, start, stream in zip(labels, manifests, quota, starts[:-1], streams, strict=True)
     )
     order = list(first)
     return Mix(parts=parts, epoch_size=epoch_size), column_specs(manifests[0].schema, order)
@@ -203,7 +212,7 @@ class MixSource:
         self._sources = [
             ShardSource(
                 cache=cache, manifest=p.manifest, counters=_StreamCounters(counters, s), read_through=read_through,
-                write_back=write_back, prefetch_transform=prefetch_transform,
+                write_back=write_back, prefetch_transform=mix.prefetch_transform_of(s, prefetch_transform),
             )
             for s, p in enumerate(mix.parts)
         ]

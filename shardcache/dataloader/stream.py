@@ -19,8 +19,9 @@ Every stream must get at least one sample an epoch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class Stream:
             epoch stopped, more wrap into another pass (an upsampled stream repeats samples).
         columns: the columns to read from this stream (default: the dataset's ``columns=``, else all);
             every stream must give the same columns of the same types.
+        prefetch_transform: the transform this stream's version was prefetched with, to rebuild its shards
+            on a miss (default: the dataset's ``prefetch_transform=``); checked against its manifest.
 
     Neither ``weight`` nor ``samples``: all its rows once an epoch.
     """
@@ -54,9 +57,15 @@ class Stream:
     weight: float | None = None
     samples: int | None = None
     columns: tuple[str, ...] | None = None
+    prefetch_transform: Callable[[Any], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_dataset_name(self.name, argument="Stream name")
+        if self.prefetch_transform is not None and not callable(self.prefetch_transform):
+            raise ConfigError(
+                f"Stream({self.name!r}) prefetch_transform={self.prefetch_transform!r} is invalid: pass the "
+                "prefetch's RecordBatch -> RecordBatch function"
+            )
         if self.version is not None:
             validate_version(self.version)
         if self.weight is not None and self.samples is not None:

@@ -205,8 +205,11 @@ class ClusterCollector:
                 leases[r.version] = leases.get(r.version, 0) + 1
                 if r.beat:
                     labels = [d.name, r.version, str(r.get("rank")), r.holder]
-                    add("shardcache_reader_hit_ratio", labels, float(r.get("hit_ratio") or 0))
-                    add("shardcache_reader_wait_fraction", labels, float(r.get("wait_fraction") or 0))
+                    for name, field in (("shardcache_reader_hit_ratio", "hit_ratio"),
+                                        ("shardcache_reader_wait_fraction", "wait_fraction")):
+                        value = r.get(field)  # a heartbeat is data from Redis: only numbers are exported
+                        if isinstance(value, (int, float)) and not isinstance(value, bool):
+                            add(name, labels, float(value))
             for version, count in sorted(leases.items()):
                 add("shardcache_dataset_leases", [d.name, version], count)
         log.debug("cluster metrics collected in %.3fs", time.monotonic() - started)

@@ -129,6 +129,8 @@ class LiveCollector:
                 continue
             summed = rows.setdefault(labels, {})
             for key, value in values.items():
+                if not isinstance(value, (int, float)):  # e.g. a mix's per-stream table
+                    continue
                 if key == "epoch":  # two loaders of one rank (train and a rebuilt one): the later epoch
                     summed[key] = max(summed.get(key, 0.0), float(value))
                 elif key not in _RATIOS:

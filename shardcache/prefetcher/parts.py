@@ -45,7 +45,7 @@ from .report import PrefetchReport, ProgressCallback
 from .settings import Settings, open_cache, settings
 
 __all__ = ["MAX_PARTS", "PrefetchPlan", "check_part", "commit_prefetch", "load_part", "part_range", "pin",
-           "plan_prefetch"]
+           "plan_prefetch", "refuse_if_in_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,19 @@ def plan_prefetch(
     finally:
         if owned:
             store.close()
+
+
+def refuse_if_in_parts(store: ShardCache, manifest: Manifest) -> None:
+    """ConfigError when a ``loading`` version was planned in parts: a whole run would write the shards its
+    parts may be writing now (they hold part locks, not the writer lock); finish it in parts instead."""
+    parts = None if manifest.complete else store.recorded_parts(manifest.name, manifest.version)
+    if parts is None:
+        return
+    raise ConfigError(
+        f"version {manifest.version} of {manifest.name!r} is being loaded in {parts} parts: run the parts that "
+        f"are missing (--part I --parts {parts} --version {manifest.version}) and then --commit, or "
+        f"--processes {parts}, which resumes every part and commits"
+    )
 
 
 def load_part(

@@ -175,6 +175,9 @@ def _part_main(messages: Any, part: int, parts: int, source: str, dataset: str, 
     def progress(p: Progress) -> None:
         messages.put(("progress", part, p))
 
+    # Metrics from the environment (shardcache.metrics): each part serves on SHARDCACHE_METRICS_PORT + part
+    # and pushes a group of its own, as the local ranks of a torchrun pod do; else the parts would share one.
+    os.environ["LOCAL_RANK"] = str(part)
     try:
         report = run_prefetch(source, dataset=dataset, cache=cache, part=part, parts=parts, version=version,
                               progress=progress, **options)

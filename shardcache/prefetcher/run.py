@@ -26,7 +26,7 @@ from .job import plan_manifest
 from .loading import Job, estimates, stored
 from .lock import take_lock
 from .order import load_order
-from .parts import check_part, load_part, pin
+from .parts import check_part, load_part, pin, refuse_if_in_parts
 from .report import PrefetchReport, ProgressCallback
 from .settings import open_cache, settings
 
@@ -189,6 +189,7 @@ def run_prefetch(
                 todo = list(range(manifest.num_shards))
             else:
                 manifest = existing
+                refuse_if_in_parts(store, manifest)  # its parts may be loading it now, under their own locks
                 todo = job.todo(manifest)
                 sizes = estimates(manifest, src)
                 if manifest.complete and not todo:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 from shardcache.cache import Manifest, ShardCache, connect
-from shardcache.dataloader import CachedDataLoader
+from shardcache.dataloader import CachedDataLoader, Stream
 from shardcache.errors import ConfigError, DatasetLocked
 from shardcache.metrics import LOADER, PREFETCH, export, push_now, serve
 from shardcache.prefetcher import run_prefetch
@@ -55,6 +55,20 @@ def test_a_second_epoch_keeps_counting(cache: ShardCache, make_dataset: Callable
     samples = scrape(port)
     assert value(samples, "shardcache_loader_samples_total", dataset=manifest.name) == 400 == loader.stats().samples
     assert value(samples, "shardcache_loader_epoch", dataset=manifest.name) == 1
+
+
+def test_a_mix_loader_is_exported_with_its_totals(cache: ShardCache, make_dataset: Callable[..., Manifest]) -> None:
+    # stats() of a mix holds a per-stream table beside the counters: the scrape exports the counters.
+    a, b = make_dataset(rows=100), make_dataset(rows=60)
+    loader = CachedDataLoader([Stream(a.name, weight=1), Stream(b.name, weight=1)], cache=cache, batch_size=20,
+                              metrics=0)
+    port = export._STATE.port
+    assert port is not None
+    seen = sum(len(batch["id"]) for batch in loader)
+    samples = scrape(port)
+    dataset = loader.cached_dataset.name
+    assert value(samples, "shardcache_loader_samples_total", dataset=dataset) == seen == loader.stats().samples
+    assert value(samples, "shardcache_loader_shard_hits_total", dataset=dataset) == loader.stats().hits
 
 
 def test_prefetch_metrics_match_the_report(cache: ShardCache, tmp_path: Path) -> None:

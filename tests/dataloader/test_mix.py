@@ -335,3 +335,30 @@ def test_a_shard_missing_from_one_stream_is_read_through_from_its_own_source(cac
     finally:
         for m in (a, b):
             cache.delete(m.name, force=True)
+
+
+def kept(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A prefetch transform (module level: its name and code make the manifest's transform id)."""
+    return batch
+
+
+def test_a_stream_prefetched_with_a_transform_is_read_through_with_its_own(cache, tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    pq.write_table(make_table(80), root / "part-0.parquet", row_group_size=40)
+    t = prefetch(str(root), dataset=unique_name("mix-tf"), cache=cache, shard_size="6KiB", transform=kept)
+    raw = _prefetch(cache, tmp_path / "raw", make_table(60, start=B_START), unique_name("mix-raw"))
+    try:
+        with pytest.raises(ConfigError, match="prefetch_transform"):  # the dataset's applies to every stream
+            CachedDataLoader([Stream(t.name), Stream(raw.name)], cache=cache, batch_size=16, prefetch_transform=kept)
+        streams = [Stream(t.name, prefetch_transform=kept), Stream(raw.name)]
+        expected = id_batches(CachedDataLoader(streams, cache=cache, batch_size=16))
+        cache.client.delete(*(cache.keys.chunk(t.shards[0].key, c) for c in range(t.shards[0].chunks)))
+        loader = CachedDataLoader(streams, cache=cache, batch_size=16, num_workers=2)
+        assert id_batches(loader) == expected
+        assert loader.stats().streams[t.name].read_throughs == 1
+        with pytest.raises(ConfigError, match="prefetch_transform"):
+            Stream(t.name, prefetch_transform="kept")
+    finally:
+        for m in (t, raw):
+            cache.delete(m.name, force=True)

@@ -265,3 +265,47 @@ def test_a_planted_readers_key_costs_the_heartbeat_not_the_lease(
         assert sum(1 for _ in iterator) == 3
     finally:
         cache.call("delete", key)
+
+
+def test_many_expired_leases_are_swept_and_a_new_lease_is_taken(
+    cache: ShardCache, make_dataset: Callable[..., Manifest]
+) -> None:
+    # After a large job died: thousands of expired members and their heartbeats. The renewal script drops
+    # their heartbeats in bounded HDELs (one unpack of them all would overflow Lua's stack and fail the lease).
+    manifest = make_dataset(rows=10)
+    leases, readers = cache.keys.leases(manifest.name), cache.keys.readers(manifest.name)
+    members = [f"{manifest.version}|dead-{i}" for i in range(10_000)]
+    for start in range(0, len(members), 1000):
+        chunk = members[start : start + 1000]
+        cache.call("zadd", leases, dict.fromkeys(chunk, 1))  # expired in 1970
+        cache.call("hset", readers, mapping=dict.fromkeys(chunk, "{}"))
+    lease = cache.lease(manifest.name, manifest.version, ttl=30)
+    try:
+        lease.heartbeat(lambda: json.dumps({"samples_per_second": 1.0}))
+        assert len(cache.leases(manifest.name)) == 1
+        assert cache.call("hlen", readers) == 1
+    finally:
+        lease.release()
+
+
+def test_a_heartbeat_with_odd_values_is_shown_and_exported_without_them(
+    cache: ShardCache, redis_url: str, make_dataset: Callable[..., Manifest]
+) -> None:
+    # A heartbeat is data from Redis: top and the exporter show what is a number and skip the rest.
+    manifest = make_dataset(rows=10)
+    beat = {"rank": 0, "world_size": 1, "samples_per_second": "fast", "hit_ratio": "high", "wait_fraction": None}
+    lease = cache.lease(manifest.name, manifest.version, ttl=30)
+    try:
+        lease.heartbeat(lambda: json.dumps(beat))
+        result = CliRunner().invoke(cli, ["top", "--once", "--redis", redis_url], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert any(f" {manifest.name} " in line and "0/1" in line for line in result.output.splitlines())
+        server = serve_cluster(cache, port=0)
+        try:
+            samples = scrape(server.server_port)
+        finally:
+            server.shutdown()
+        assert value(samples, "shardcache_up") == 1
+        assert value(samples, "shardcache_dataset_leases", dataset=manifest.name, version=manifest.version) == 1
+    finally:
+        lease.release()

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -343,6 +344,41 @@ def test_parts_must_match_the_plan(cache: ShardCache, dataset_name: str, tmp_pat
                        ({"part": 0, "parts": 2, "allow_partial": True}, "allow_partial")):
         with pytest.raises(ConfigError, match=match):
             run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD, **bad)  # type: ignore[arg-type]
+
+
+def test_a_whole_run_refuses_a_version_being_loaded_in_parts(
+    cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    # The parts hold part locks, not the writer lock: a whole run would write the shards they are writing.
+    write_parquet_files(tmp_path, files=2, rows=150)
+    plan = plan_prefetch(tmp_path, dataset=dataset_name, cache=cache, parts=2, shard_size=SHARD)
+    run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD, part=0, parts=2, version=plan.version)
+    with pytest.raises(ConfigError, match=r"being loaded in 2 parts: .*--part I --parts 2 .*--commit.*--processes 2"):
+        run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD)
+    run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD, part=1, parts=2, version=plan.version)
+    commit_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD)
+    assert cache.manifest(dataset_name).state == "complete"
+    report = run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size=SHARD)  # complete: a no-op
+    assert report.noop
+
+
+@pytest.mark.slow
+def test_processes_with_a_metrics_port_serve_one_port_per_part(
+    redis_url: str, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path / "src", files=2, rows=200)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SHARDCACHE_METRICS_PORT": str(port)}
+    env.pop("LOCAL_RANK", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "shardcache", "prefetch", str(tmp_path / "src"), "--dataset", dataset_name,
+         "--redis", redis_url, "--shard-size", SHARD, "--processes", "2", "--json"],
+        check=False, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "complete"
 
 
 def test_capacity_check_covers_the_whole_version_at_plan_time(cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
