@@ -30,10 +30,10 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..cache import ShardCache, connect
+from ..cache import ShardCache
 from ..errors import CacheUnavailable, ConfigError
 from ..sampling import default_window
-from .checks import check_bool, check_callable, check_int, check_seconds, check_size
+from .checks import check_bool, check_cache, check_callable, check_int, check_seconds, check_size
 from .context import ReadContext
 from .mix import resolve_mix
 from .plan import EpochPlan, PlanSegment
@@ -120,12 +120,7 @@ class CachedDataset(IterableDataset[Any]):
         self._readahead_arg = check_size("readahead", readahead)
         self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1", optional=True)
         self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
-        if isinstance(cache, ShardCache):
-            self.cache = cache
-        elif cache is None or isinstance(cache, str):
-            self.cache = connect(cache)
-        else:
-            raise ConfigError(f"cache={cache!r} is invalid: pass a ShardCache or a redis:// URL")
+        self.cache = check_cache(cache)
         fix = "pass the samples of an epoch, at least 1, or None"
         self.epoch_size = check_int("epoch_size", epoch_size, minimum=1, fix=fix, optional=True)
         self.mix, self.column_specs = resolve_mix(self.cache, streams, columns=columns, epoch_size=self.epoch_size)

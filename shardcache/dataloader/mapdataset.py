@@ -34,11 +34,19 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..cache import Lease, ShardCache, connect
+from ..cache import Lease, ShardCache
 from ..cache.keys import check_dataset_name
 from ..errors import ConfigError
 from ..sampling import row_offsets
-from .checks import check_bool, check_callable, check_int, check_prefetch_transform, check_seconds, check_size
+from .checks import (
+    check_bool,
+    check_cache,
+    check_callable,
+    check_int,
+    check_prefetch_transform,
+    check_seconds,
+    check_size,
+)
 from .shardlru import ShardLRU
 from .source import ShardSource
 from .stats import Counters
@@ -211,12 +219,7 @@ class CachedMapDataset(Dataset[Any]):
         self.cache_bytes = budget
         self.read_threads = check_int("read_threads", read_threads, minimum=1, fix="pass at least 1", optional=True)
         self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
-        if isinstance(cache, ShardCache):
-            self.cache = cache
-        elif cache is None or isinstance(cache, str):
-            self.cache = connect(cache)
-        else:
-            raise ConfigError(f"cache={cache!r} is invalid: pass a ShardCache or a redis:// URL")
+        self.cache = check_cache(cache)
         self.manifest = self.cache.manifest(name, version)
         self.name = name
         self.version = self.manifest.version
