@@ -148,14 +148,17 @@ def train_op(
     return stats.samples // epochs
 
 
+def _steps(image: str | None) -> tuple[dict[str, Any], Any]:
+    """``dsl.component`` options of this file's steps and the prefetch component: on ``python:3.11-slim`` +
+    PyPI, or all on ``image`` (the Dockerfile's)."""
+    if image is None:
+        return {"base_image": BASE_IMAGE, "packages_to_install": list(PACKAGES_TO_INSTALL)}, default_prefetch_op
+    return {"base_image": image, "install_kfp_package": False}, components_for_image(image).prefetch_op
+
+
 def build_pipeline(image: str | None = None) -> Any:
     """The pipeline, its steps on ``python:3.11-slim`` + PyPI, or all on ``image`` (the Dockerfile's)."""
-    if image is None:
-        options: dict[str, Any] = {"base_image": BASE_IMAGE, "packages_to_install": list(PACKAGES_TO_INSTALL)}
-        prefetch_op = default_prefetch_op
-    else:
-        options = {"base_image": image, "install_kfp_package": False}
-        prefetch_op = components_for_image(image).prefetch_op
+    options, prefetch_op = _steps(image)
     validate = dsl.component(**options)(validate_op)
     train = dsl.component(**options)(train_op)
 
@@ -203,12 +206,7 @@ def build_pipeline(image: str | None = None) -> Any:
 
 def build_mix_pipeline(image: str | None = None) -> Any:
     """Two datasets prefetched side by side, then one training step on a weighted mix of both."""
-    if image is None:
-        options: dict[str, Any] = {"base_image": BASE_IMAGE, "packages_to_install": list(PACKAGES_TO_INSTALL)}
-        prefetch_op = default_prefetch_op
-    else:
-        options = {"base_image": image, "install_kfp_package": False}
-        prefetch_op = components_for_image(image).prefetch_op
+    options, prefetch_op = _steps(image)
     train = dsl.component(**options)(train_op)
 
     @dsl.pipeline(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,18 @@ FILES = 2
 FEATURES = 4
 SHARD_SIZE = "4KiB"  # a few shards out of a few KB
 
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kubeflow"
+
+
+def load_example(name: str = "pipeline") -> ModuleType:
+    """The example pipeline module ``examples/kubeflow/NAME.py``, imported from its file."""
+    spec = importlib.util.spec_from_file_location(f"kubeflow_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 @pytest.fixture
 def kfp_local(tmp_path: Path) -> Path:

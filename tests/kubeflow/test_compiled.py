@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,19 +20,14 @@ from kfp import components as kfp_components
 import shardcache
 from shardcache.kubeflow_components import components, ops
 
+from .conftest import EXAMPLES as EXAMPLE
+from .conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "kubeflow"
 NAMES = ("prefetch_op", "plan_op", "commit_op", "cache_status_op", "verify_op", "evict_op")
 PIN = f"shardcache[k8s]=={shardcache.__version__}"
 
 
-def load_example(name: str = "pipeline") -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"kubeflow_example_{name}", EXAMPLE / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def executor(doc: dict[str, Any], name: str) -> dict[str, Any]:

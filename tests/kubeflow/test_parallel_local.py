@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -12,20 +10,12 @@ import pytest
 from shardcache.cache import connect
 from shardcache.prefetcher import part_range
 
-from .conftest import FILES, ROWS_PER_FILE, SHARD_SIZE, write_parquet
+from .conftest import FILES, ROWS_PER_FILE, SHARD_SIZE, load_example, write_parquet
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kubeflow" / "parallel_pipeline.py"
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kubeflow_parallel_pipeline", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner:UserWarning")
@@ -34,8 +24,9 @@ def test_example_parallel_pipeline_loads_in_parts_and_commits_once(
 ) -> None:
     """The committed example, pip prelude included: a ParallelFor of 3 parts, then one commit."""
     data = write_parquet(tmp_path / "train", files=3)
-    run = load_example().pipeline(source=str(data), dataset=dataset, parts=3, k8s_service="", redis_url=redis_url,
-                                  shard_size=SHARD_SIZE)
+    example = load_example("parallel_pipeline")
+    run = example.pipeline(source=str(data), dataset=dataset, parts=3, k8s_service="", redis_url=redis_url,
+                           shard_size=SHARD_SIZE)
     with connect(redis_url) as cache:
         manifest = cache.manifest(dataset)
         assert run.output == manifest.version

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from shardcache.cache import connect
 
-from .conftest import FILES, ROWS_PER_FILE, SHARD_SIZE, write_parquet
+from .conftest import FILES, ROWS_PER_FILE, SHARD_SIZE, load_example, write_parquet
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kubeflow" / "pipeline.py"
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kubeflow_example_pipeline", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner:UserWarning")
