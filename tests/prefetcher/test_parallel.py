@@ -6,13 +6,13 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -364,12 +364,10 @@ def test_a_whole_run_refuses_a_version_being_loaded_in_parts(
 
 @pytest.mark.slow
 def test_processes_with_a_metrics_port_serve_one_port_per_part(
-    redis_url: str, dataset_name: str, tmp_path: Path
+    redis_url: str, dataset_name: str, tmp_path: Path, free_ports: Callable[..., int]
 ) -> None:
     write_parquet_files(tmp_path / "src", files=2, rows=200)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports(2, 29000, 29999, bus=False)  # parts 0 and 1 serve on port and port + 1
     env = {**os.environ, "SHARDCACHE_METRICS_PORT": str(port)}
     env.pop("LOCAL_RANK", None)
     out = subprocess.run(
