@@ -261,15 +261,18 @@ class SlotPool:
         assert buffer is not None
         return Acquired(buffer[:nbytes], (index, generation), reused)
 
-    def reserve(self, nbytes: int, *, limit: int) -> int:
+    def reserve(self, nbytes: int, *, limit: int, stop: threading.Event | None = None) -> int:
         """Fill the empty slots among the first ``limit`` with blocks of ``nbytes``, every page faulted
         in (the kernel zero-fills a shared page when it is first touched); returns how many were made.
+        Stops early once ``stop`` is set (the iteration that asked for them ended).
 
         Blocks are made outside the lock, from the last slot down: the read-ahead threads take the
         first ones meanwhile (an empty slot gets a block made on the spot), so the first batches need
         not wait for the whole pool."""
         made = 0
         for index in reversed(range(min(limit, len(self._buffers)))):
+            if stop is not None and stop.is_set():
+                break
             with self._lock:
                 if self._buffers[index] is not None or self._flags[index] != 0:
                     continue

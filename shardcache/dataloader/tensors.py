@@ -263,17 +263,17 @@ class BatchBuilder:
             total += math.prod(shape) * dtype.itemsize
         return offsets, total
 
-    def reserve(self, size: int, *, batches: int) -> int:
+    def reserve(self, size: int, *, batches: int, stop: threading.Event | None = None) -> int:
         """Create the pool's blocks for ``batches`` batches of ``size`` now, their pages faulted in (a
-        worker calls it while its first shards load, when it has nothing else to do); returns how
-        many blocks it created."""
+        worker calls it while its first shards load, when it has nothing else to do), until ``stop``
+        is set; returns how many blocks it created."""
         if self._slots is None:
             return 0
         layout = [(s.name, (size, *s.shape), s.dtype) for s in self.specs if s.kind == "tensor" and s.dtype]
         _, total = self._block_layout(layout)
         if total < POOL_MIN_BYTES:
             return 0
-        return self._slots.reserve(total, limit=min(self._slot_limit, batches))
+        return self._slots.reserve(total, limit=min(self._slot_limit, batches), stop=stop)
 
     def gather(
         self,

@@ -262,9 +262,10 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
     # While the first shards load, a side thread makes the blocks of the first batches; receiving in place,
     # of the whole pool: batches are then filled ahead of the loop, and memory is at once what it settles
     # at. The loop does not wait for it (a batch whose slot is still empty has its block made on the spot).
+    reserving = threading.Event()  # set when this iteration ends: no more blocks made for it
     if pooled:
         reserve = RESERVED_BLOCKS if inplace is None else spec.pool_slots
-        threading.Thread(target=_reserve, args=(builder, spec.batch_size, min(len(mine), reserve)),
+        threading.Thread(target=_reserve, args=(builder, spec.batch_size, min(len(mine), reserve), reserving),
                          name=f"shardcache-reserve-{worker}", daemon=True).start()  # fmt: skip
     j = int(mine[0])
     # Once every shard of this iteration is loading, a persistent worker starts on the next one's (carry.py).
@@ -301,6 +302,7 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
             raise
         yield TaggedBatch(j, None, 0, counters.take(), _portable(exc, in_worker))
     finally:
+        reserving.set()
         ahead.close()
         if inplace is not None:
             inplace.close()
@@ -309,9 +311,9 @@ def iterate_batches(ctx: ReadContext, spec: IterSpec, *, worker: int, num_worker
         drop_leases(leases, ctx.versions)
 
 
-def _reserve(builder: BatchBuilder, size: int, batches: int) -> None:
+def _reserve(builder: BatchBuilder, size: int, batches: int, stop: threading.Event) -> None:
     try:
-        builder.reserve(size, batches=batches)
+        builder.reserve(size, batches=batches, stop=stop)
     except Exception as exc:  # the loop makes the blocks it needs itself, and raises then if it must
         log.debug("could not make the worker's batch blocks ahead: %s", exc)
 

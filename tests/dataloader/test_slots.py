@@ -225,6 +225,14 @@ def test_reserved_blocks_are_the_ones_batches_then_use() -> None:
     assert held.slot == (0, 1)
 
 
+def test_reserve_stops_once_its_iteration_ended() -> None:
+    pool = SlotPool(slots=4)
+    ended = threading.Event()
+    ended.set()
+    assert pool.reserve(8192, limit=4, stop=ended) == 0, "an ended iteration makes no block"
+    assert pool.reserve(8192, limit=4, stop=threading.Event()) == 4
+
+
 def test_a_stale_release_does_not_free_a_newer_generation() -> None:
     pool = SlotPool(slots=1)
     first = pool.acquire(100)
