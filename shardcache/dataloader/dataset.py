@@ -78,6 +78,10 @@ class CachedDataset(IterableDataset[Any]):
         lease_ttl: seconds a reader's lease outlives a reader that died; renewed while iterating.
         epoch_size: samples an epoch (default: every row once; a mix: see ``stream.py``). Fewer than
             the rows continue where the previous epoch stopped, more wrap into another pass.
+
+    With ``drop_last=True``, a lone dataset read whole that gives a rank fewer samples than a batch yields
+    no batch, as a DataLoader does; an epoch whose size was asked for (``epoch_size=``, or a mix) and is
+    too small to give every rank one whole batch raises ConfigError instead (none of it would be read).
     """
 
     def __init__(
@@ -237,6 +241,8 @@ class CachedDataset(IterableDataset[Any]):
             )
         window = self.window_for(batch_size) if window is None else window
         rank, world_size = self.ranks()
+        drop_last = self.drop_last if drop_last is None else drop_last
+        self.check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=world_size)
         return IterSpec(
             epoch=self._epoch if epoch is None else epoch,
             history=tuple(history),
@@ -244,7 +250,7 @@ class CachedDataset(IterableDataset[Any]):
             rank=rank,
             world_size=world_size,
             batch_size=batch_size,
-            drop_last=self.drop_last if drop_last is None else drop_last,
+            drop_last=drop_last,
             window=window,
             # One window of batches per worker keeps each worker on its own shards (the CachedDataLoader
             # may give each several). Without the loader to restore the order, workers take turns batch
@@ -252,6 +258,19 @@ class CachedDataset(IterableDataset[Any]):
             chunk=max(1, window // batch_size) if chunked else 1,
             tagged=tagged,
             lease=lease,
+        )
+
+    def check_epoch_fills_a_batch(self, *, batch_size: int, drop_last: bool, world_size: int) -> None:
+        """ConfigError for an epoch whose size was asked for (``epoch_size=`` or a mix) that, with
+        ``drop_last``, gives no rank a whole batch (the smallest rank's part is ``samples // world_size``)."""
+        samples = self.mix.epoch_samples
+        if not drop_last or self.mix.single or samples // world_size >= batch_size:
+            return
+        asked = f"epoch_size={self.epoch_size}" if self.epoch_size is not None else "the streams' quotas"
+        raise ConfigError(
+            f"an epoch of {samples} samples ({asked}) gives each of {world_size} rank(s) {samples // world_size}, "
+            f"fewer than batch_size={batch_size}: with drop_last=True no rank would yield a batch; raise the epoch "
+            f"to at least {world_size * batch_size} samples, lower batch_size, or pass drop_last=False"
         )
 
     def plan(self, spec: IterSpec) -> EpochPlan:
@@ -349,6 +368,7 @@ class CachedDataset(IterableDataset[Any]):
                 f"batch_size={batch_size} differs from the dataset's batch_size={self.batch_size}; "
                 "give the batch size to one of them"
             )
+        self.check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=self.ranks()[1])
         self.batch_size, self.drop_last = batch_size, drop_last
         self._owner = weakref.ref(owner)
 

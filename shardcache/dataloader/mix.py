@@ -60,6 +60,11 @@ class Mix:
         """One stream read whole each epoch: planned exactly as a lone dataset always was."""
         return len(self.parts) == 1 and self.epoch_size is None
 
+    @property
+    def epoch_samples(self) -> int:
+        """Samples an epoch plans, before the split across ranks: the streams' quotas together."""
+        return sum(p.quota for p in self.parts)
+
     @cached_property
     def rows(self) -> tuple[int, ...]:
         return tuple(n for part in self.parts for n in part.rows)
@@ -152,9 +157,15 @@ def resolve_mix(
                 "samples or weight of both"
             )
     rows = [sum(s.rows for s in m.shards) for m in manifests]
-    for m, n in zip(manifests, rows, strict=True):
-        if not n:
+    for m, n, label in zip(manifests, rows, labels, strict=True):
+        if n:
+            continue
+        if len(streams) == 1:
             raise ConfigError(f"dataset {m.name!r} version {m.version} has no rows; prefetch a non-empty source")
+        raise ConfigError(
+            f"stream {label!r} ({m.name!r} version {m.version}) has no rows, so it cannot give a sample an epoch: "
+            "drop it from the mix, or prefetch a non-empty source into it"
+        )
     layouts = [_columns(s, m, label, columns) for s, m, label in zip(streams, manifests, labels, strict=True)]
     first = layouts[0]
     for label, layout in zip(labels[1:], layouts[1:], strict=True):

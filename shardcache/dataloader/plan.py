@@ -91,13 +91,23 @@ class PlanSegment:
         object.__setattr__(self, "consumed", consumed)
 
 
-def _check_mix(mix: Sequence[tuple[int, int]], shards: int) -> tuple[tuple[int, int], ...]:
+def _check_mix(mix: Sequence[tuple[int, int]], rows: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     parts = tuple((int(n), int(q)) for n, q in mix)
+    shards = len(rows)
     if parts and (sum(n for n, _ in parts) != shards or any(n < 1 or q < 0 for n, q in parts)):
         raise ConfigError(
             f"mix={list(parts)!r} is invalid for {shards} shards: pass one (shards >= 1, quota >= 0) per stream, "
             "the shards summing to the shards of rows"
         )
+    if parts:
+        firsts = row_offsets([n for n, _ in parts])[:-1]
+        totals = np.add.reduceat(np.asarray(rows, dtype=np.int64), firsts)
+        for s, ((_, quota), total) in enumerate(zip(parts, totals.tolist(), strict=True)):
+            if quota and not total:
+                raise ConfigError(
+                    f"mix={list(parts)!r}: stream {s} has no rows but a quota of {quota}: a stream without rows "
+                    "gives no sample; drop it from the mix"
+                )
     return parts
 
 
@@ -243,7 +253,7 @@ class EpochPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", _check_rows(self.rows))
-        object.__setattr__(self, "mix", _check_mix(self.mix, len(self.rows)))
+        object.__setattr__(self, "mix", _check_mix(self.mix, self.rows))
         check_int("seed", self.seed, minimum=0, fix="pass an integer >= 0")
         check_int("epoch", self.epoch, minimum=0, fix="pass an integer >= 0")
         check_bool("shuffle", self.shuffle)

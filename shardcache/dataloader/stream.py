@@ -13,7 +13,10 @@ The quota rule (:func:`stream_quotas`), one epoch of ``E`` samples:
   without ``samples=`` share what the ``samples=`` streams leave, in proportion to their rows (so one
   dataset with ``epoch_size`` reads ``epoch_size`` samples an epoch).
 
-Every stream must get at least one sample an epoch.
+Every stream must get at least one sample an epoch: ``weight=0``, ``samples=0``, a share rounded down
+to nothing and a stream whose version has no rows are each a ConfigError at construction (to leave a
+stream out, drop it from the list). An epoch too small to give every rank one whole batch with
+``drop_last=True`` is refused too (see :class:`~.dataset.CachedDataset`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Stream:
             on a miss (default: the dataset's ``prefetch_transform=``); checked against its manifest.
 
     Neither ``weight`` nor ``samples``: all its rows once an epoch.
+
+    A stream always gives at least one sample an epoch: ``weight`` must be positive and ``samples`` at
+    least 1, and a version with no rows cannot be mixed (it would give nothing, or could not give what is
+    asked of it); these are ConfigErrors. To leave a dataset out of a mix, drop its Stream from the list.
     """
 
     name: str
@@ -75,12 +82,14 @@ class Stream:
             )
         if self.weight is not None:
             weight = self.weight
-            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
-                raise ConfigError(f"Stream({self.name!r}) weight={weight!r} is invalid: pass a positive number")
-            if not (math.isfinite(weight) and weight > 0):
-                raise ConfigError(f"Stream({self.name!r}) weight={weight!r} is invalid: pass a positive number")
+            bad = isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating))
+            if bad or not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(
+                    f"Stream({self.name!r}) weight={weight!r} is invalid: pass a positive number (to leave the "
+                    "stream out, drop it from the mix)"
+                )
             object.__setattr__(self, "weight", float(weight))
-        fix = "pass the samples it gives each epoch, at least 1"
+        fix = "pass the samples it gives each epoch, at least 1 (to leave the stream out, drop it from the mix)"
         object.__setattr__(self, "samples", check_int("samples", self.samples, minimum=1, fix=fix, optional=True))
         if self.columns is not None:
             if isinstance(self.columns, str) or not all(isinstance(c, str) for c in self.columns):

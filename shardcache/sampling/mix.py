@@ -66,6 +66,10 @@ def stream_take(
     total = int(sum(rows))
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
+    if total <= 0:
+        raise ConfigError(
+            f"stream {stream} has no rows but is asked for {count} samples: drop it from the mix, or give it rows"
+        )
     quota = count if quota is None else quota
     first, last = start // total, (start + count - 1) // total
     order = Passes(rows, seed=seed, stream=stream, quota=quota, shuffle=shuffle)
@@ -111,8 +115,11 @@ def mix_stream(
 ) -> IdArray:
     """Epoch ``epoch``'s flat ids of a mix: ``parts[s] = (shards, quota)`` of stream ``s``, whose shards
     follow those of the streams before it in ``rows``."""
-    if sum(shards for shards, _ in parts) != len(rows):
-        raise ConfigError(f"the mix's parts {list(parts)!r} do not cover the {len(rows)} shards of its rows")
+    if sum(shards for shards, _ in parts) != len(rows) or any(n < 1 or q < 0 for n, q in parts):
+        raise ConfigError(
+            f"the mix's parts {list(parts)!r} are invalid for the {len(rows)} shards of its rows: pass one "
+            "(shards >= 1, quota >= 0) per stream, the shards summing to the shards of rows"
+        )
     offsets = row_offsets(rows)
     if len(parts) == 1:
         return stream_take(rows, seed=seed, stream=0, start=epoch * parts[0][1], count=parts[0][1], shuffle=shuffle)

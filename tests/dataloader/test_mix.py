@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardcache.cache import Manifest, ShardCache
-from shardcache.dataloader import CachedDataLoader, CachedDataset, Stream
-from shardcache.errors import ConfigError, DatasetInUse
+from shardcache.dataloader import CachedDataLoader, CachedDataset, CachedMapDataset, Stream
+from shardcache.errors import ConfigError, DatasetInUse, SourceError
 from shardcache.prefetcher import prefetch
 
 from .conftest import make_table, unique_name
@@ -362,3 +362,102 @@ def test_a_stream_prefetched_with_a_transform_is_read_through_with_its_own(cache
     finally:
         for m in (t, raw):
             cache.delete(m.name, force=True)
+
+
+# --- degenerate mixes and epoch sizes: a clear ConfigError at construction, or a defined outcome ----------------
+
+
+@pytest.fixture(scope="module")
+def empty(cache: ShardCache, mixed: dict[str, Manifest]) -> Iterator[Manifest]:
+    """A complete version with no rows, of a's schema. Only the store API makes one: prefetch refuses."""
+    name = unique_name("mix-empty")
+    cache.commit(cache.begin(Manifest(name=name, version="v1", schema=mixed["a"].schema, shards=())))
+    yield cache.manifest(name)
+    cache.delete(name, force=True)
+
+
+def test_prefetch_makes_no_version_without_rows(cache, tmp_path):
+    (tmp_path / "header.csv").write_text("id,label\n")
+    pq.write_table(make_table(4).slice(0, 0), tmp_path / "zero.parquet")
+    for source, options in ((tmp_path / "header.csv", {}), (tmp_path / "zero.parquet", {"columns": ["id"]})):
+        name = unique_name("mix-none")
+        with pytest.raises(SourceError, match="holds no rows"):
+            prefetch(str(source), dataset=name, cache=cache, **options)
+        assert cache.versions(name) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [("weight", {}), ("weight", {"epoch_size": 50}), ("samples", {}), ("rows", {}), ("rows", {"epoch_size": 50})],
+)
+def test_a_stream_without_rows_is_refused_at_construction_naming_it(mixed, cache, empty, kind, options):
+    a, e = mixed["a"].name, empty.name
+    streams = {
+        "weight": [Stream(a, weight=1), Stream(e, weight=1)],
+        "samples": [Stream(a), Stream(e, samples=5)],
+        "rows": [Stream(a), Stream(e)],  # asks for its rows, none: still refused (it would give nothing)
+    }[kind]
+    want = rf"stream '{e}' \('{e}' version v1\) has no rows, .*: drop it from the mix"
+    with pytest.raises(ConfigError, match=want):
+        CachedDataset(streams, cache=cache, batch_size=4, **options)
+    with pytest.raises(ConfigError, match=want):
+        CachedDataLoader(streams, cache=cache, batch_size=4, num_workers=2, **options)
+
+
+def test_a_lone_dataset_without_rows_is_refused_by_the_loader_and_empty_by_index(cache, empty):
+    for options in ({}, {"epoch_size": 10}, {"num_workers": 2}):
+        with pytest.raises(ConfigError, match=rf"dataset '{empty.name}' version v1 has no rows; prefetch a non-empty"):
+            CachedDataLoader(empty.name, cache=cache, batch_size=4, **options)
+    ds = CachedMapDataset(empty.name, cache=cache)
+    assert len(ds) == 0
+    for index in (0, -1):
+        with pytest.raises(IndexError, match=f"index {index} is out of range for dataset '{empty.name}' of 0 samples"):
+            ds[index]
+
+
+def test_zero_negative_and_partial_epoch_sizes_weights_and_samples_raise_config_error(mixed, cache):
+    a, b = mixed["a"].name, mixed["b"].name
+    for epoch_size in (0, -3):
+        with pytest.raises(ConfigError, match=f"epoch_size={epoch_size} is invalid: pass the samples of an epoch"):
+            CachedDataLoader([Stream(a), Stream(b)], cache=cache, batch_size=4, epoch_size=epoch_size)
+    with pytest.raises(ConfigError, match=r"weight=0 is invalid: .*drop it from the mix"):
+        CachedDataLoader([Stream(a, weight=1), Stream(b, weight=0)], cache=cache, batch_size=4)
+    with pytest.raises(ConfigError, match=r"samples=0 is invalid: .*drop it from the mix"):
+        CachedDataLoader([Stream(a), Stream(b, samples=0)], cache=cache, batch_size=4)
+    with pytest.raises(ConfigError, match=f"streams '{b}' have no weight while others do"):
+        CachedDataLoader([Stream(a, weight=1), Stream(b)], cache=cache, batch_size=4, epoch_size=20)
+    with pytest.raises(ConfigError, match=f"stream '{b}' gets no sample in an epoch of 10: raise epoch_size"):
+        CachedDataLoader([Stream(a, weight=100), Stream(b, weight=1)], cache=cache, batch_size=4, epoch_size=10)
+
+
+def test_an_asked_for_epoch_too_small_for_a_batch_on_every_rank_with_drop_last_is_refused(mixed, cache):
+    a, b = mixed["a"].name, mixed["b"].name
+    cases = [
+        (a, {"epoch_size": 15}, 2, r"an epoch of 15 samples \(epoch_size=15\) gives each of 2 rank\(s\) 7"),
+        ([Stream(a, weight=2), Stream(b, weight=1)], {"epoch_size": 15}, 2, "an epoch of 15 samples"),
+        ([Stream(a, samples=9), Stream(b, samples=6)], {}, 2, r"an epoch of 15 samples \(the streams' quotas\)"),
+    ]
+    for name, options, world_size, start in cases:
+        want = start + r".*fewer than batch_size=8: with drop_last=True no rank would yield a batch; .*at least 16"
+        with pytest.raises(ConfigError, match=want):
+            CachedDataLoader(name, cache=cache, batch_size=8, drop_last=True, rank=1, world_size=world_size,
+                             num_workers=2, **options)  # fmt: skip
+        with pytest.raises(ConfigError, match=want):
+            CachedDataset(name, cache=cache, batch_size=8, drop_last=True, rank=0, world_size=world_size, **options)
+    # One sample more per rank than the smallest refused: every rank yields one whole batch.
+    ids = epoch_of([Stream(a, samples=10), Stream(b, samples=6)], cache, 2, 0, batch_size=8, drop_last=True)
+    assert per_stream(ids) == {"a": 10, "b": 6}
+    assert len(set(ids)) == 16
+    # Without drop_last a tiny epoch pads: 3 samples over 4 ranks give one batch of one each.
+    ids = epoch_of(a, cache, 4, 0, batch_size=8, epoch_size=3)  # type: ignore[arg-type]
+    assert len(ids) == 4
+    assert len(set(ids)) == 3
+
+
+def test_a_lone_dataset_read_whole_smaller_than_a_batch_per_rank_yields_no_batch_with_drop_last(mixed, cache):
+    # As a DataLoader with drop_last does: 240 rows over 4 ranks is 60 a rank, fewer than a batch of 61.
+    for rank in range(4):
+        loader = CachedDataLoader(mixed["a"].name, cache=cache, batch_size=61, drop_last=True, rank=rank, world_size=4,
+                                  num_workers=2)  # fmt: skip
+        assert len(loader) == 0
+        assert list(loader) == []

@@ -13,7 +13,7 @@ from shardcache.dataloader import Stream
 from shardcache.dataloader.plan import EpochPlan, PlanSegment, remaining_stream, resume_point
 from shardcache.dataloader.stream import stream_quotas
 from shardcache.errors import ConfigError
-from shardcache.sampling import interleave, quotas, row_offsets, shard_stream, stream_take
+from shardcache.sampling import interleave, mix_stream, quotas, row_offsets, shard_stream, stream_take
 from shardcache.sampling.passes import Passes
 
 # Stream 0: 7 shards (60 rows), stream 1: 3 shards (25 rows), stream 2: 2 shards (9 rows).
@@ -332,3 +332,39 @@ def test_a_mix_of_streams_near_their_rows_repeats_no_sample_in_any_epoch():
         sequence = np.concatenate(seen[s])
         for p in range(len(sequence) // size):
             assert sorted(sequence[p * size : (p + 1) * size].tolist()) == list(range(size))
+
+
+# --- degenerate inputs: a clear ConfigError, never a ZeroDivisionError or IndexError from inside --------------
+
+
+def test_a_stream_without_rows_is_refused_when_asked_for_samples_and_gives_nothing_at_quota_0():
+    rows = (5, 0, 0)  # stream 1: two shards of no rows
+    for mix in (((1, 5), (2, 3)), ((1, 5), (2, 1))):
+        with pytest.raises(ConfigError, match=r"stream 1 has no rows but a quota of \d: .*drop it from the mix"):
+            EpochPlan.build(rows=rows, seed=0, epoch=1, world_size=1, rank=0, batch_size=2, drop_last=False, mix=mix)
+    with pytest.raises(ConfigError, match="stream 1 has no rows but is asked for 3 samples: drop it from the mix"):
+        stream_take((0, 0), seed=0, stream=1, start=3, count=3, shuffle=True)
+    for epoch in (0, 1, 2):
+        plan = EpochPlan.build(rows=rows, seed=0, epoch=epoch, world_size=1, rank=0, batch_size=2, drop_last=False,
+                               mix=((1, 5), (2, 0)))  # fmt: skip
+        assert sorted(plan.samples.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_bad_mix_parts_of_the_sampling_layer_raise_config_error():
+    for parts in (((1, 5), (1, -1)), ((1, 5), (0, 2), (1, 1)), ((1, 5),)):
+        with pytest.raises(ConfigError, match="are invalid for the 2 shards"):
+            mix_stream((5, 4), parts, seed=0, epoch=0, shuffle=True)
+
+
+def test_zero_negative_and_partial_weights_and_samples_are_config_errors_that_say_how_to_leave_a_stream_out():
+    for bad in ({"weight": 0}, {"weight": 0.0}, {"weight": -2.5}, {"samples": 0}, {"samples": -1}):
+        with pytest.raises(ConfigError, match=r"is invalid: pass .*drop it from the mix"):
+            Stream("a", **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pass positive weights"):
+        quotas(10, [0, 0])
+    with pytest.raises(ConfigError, match="pass positive weights"):
+        quotas(10, [2, -1])
+    labels = ["'a'", "'b'", "'c'"]
+    with pytest.raises(ConfigError, match="streams 'b', 'c' have no weight while others do"):
+        stream_quotas([Stream("a", weight=1), Stream("b"), Stream("c", samples=3)], [9, 9, 9], epoch_size=None,
+                      labels=labels)  # fmt: skip
