@@ -242,7 +242,7 @@ class CachedDataset(IterableDataset[Any]):
         window = self.window_for(batch_size) if window is None else window
         rank, world_size = self.ranks()
         drop_last = self.drop_last if drop_last is None else drop_last
-        self.check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=world_size)
+        self._check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=world_size)
         return IterSpec(
             epoch=self._epoch if epoch is None else epoch,
             history=tuple(history),
@@ -260,7 +260,7 @@ class CachedDataset(IterableDataset[Any]):
             lease=lease,
         )
 
-    def check_epoch_fills_a_batch(self, *, batch_size: int, drop_last: bool, world_size: int) -> None:
+    def _check_epoch_fills_a_batch(self, *, batch_size: int, drop_last: bool, world_size: int) -> None:
         """ConfigError for an epoch whose size was asked for (``epoch_size=`` or a mix) that, with
         ``drop_last``, gives no rank a whole batch (the smallest rank's part is ``samples // world_size``)."""
         samples = self.mix.epoch_samples
@@ -368,7 +368,7 @@ class CachedDataset(IterableDataset[Any]):
                 f"batch_size={batch_size} differs from the dataset's batch_size={self.batch_size}; "
                 "give the batch size to one of them"
             )
-        self.check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=self.ranks()[1])
+        self._check_epoch_fills_a_batch(batch_size=batch_size, drop_last=drop_last, world_size=self.ranks()[1])
         self.batch_size, self.drop_last = batch_size, drop_last
         self._owner = weakref.ref(owner)
 
