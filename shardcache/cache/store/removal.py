@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ...errors import ConfigError, DatasetInUse, DatasetNotFound, ManifestCorrupted
+from ...errors import ConfigError, DatasetInUse, DatasetLocked, DatasetNotFound, ManifestCorrupted
 from ..keys import validate_dataset_name, validate_version
+from ..locks import dead_local_holder
 from ..manifest import MAX_CHUNKS_PER_SHARD, record_chunks
 from .catalog import Catalog
 from .session import Session
@@ -24,6 +25,7 @@ __all__ = ["delete"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_PARTS = 4096  # the parts a version may be loaded in (prefetcher.parts.MAX_PARTS)
 
 # KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..]. A key of the wrong
 # type (planted by something else) is deleted rather than left to make every `rm` fail: a lease set
@@ -115,6 +117,8 @@ def delete(
         manifest_key, done_key = keys.manifest(name, v), keys.done(name, v)
         before[v] = (_lenient(functools.partial(session.call, "GET", manifest_key), None),
                      _lenient(functools.partial(session.call, "HGETALL", done_key), {}))
+    if not force:
+        _refuse_if_written(session, name, before, latest=latest)
     script_keys = [keys.leases(name), keys.versions(name), keys.latest(name)]
     for v in targets:
         script_keys += [keys.manifest(name, v), keys.done(name, v)]
@@ -140,6 +144,59 @@ def delete(
         except ManifestCorrupted as exc:  # the dataset list is broken: the dataset is gone all the same
             log.warning("%s", exc)
     return targets
+
+
+def _refuse_if_written(
+    session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None
+) -> None:
+    """DatasetLocked when a prefetch is loading one of the versions to remove: the dataset's writer
+    lock (for the newest version: a prefetch begins its version as the newest), or a part's lock of
+    that version, is held by a live process (a lock whose holder died on this host does not count).
+    With force, `rm` removes it all the same, and the writer then fails (its shards' records need
+    the manifest) rather than re-create any of it."""
+    keys = session.keys
+    for version, (manifest_raw, records) in before.items():
+        if _state(manifest_raw) != "loading":
+            continue
+        lock_keys = [(keys.lock(name), "a prefetch is writing it")] if version == latest else []
+        parts = _parts(records)
+        lock_keys += [(keys.part_lock(name, version, i), f"part {i} of its prefetch is writing it")
+                      for i in range(parts)]
+        if not lock_keys:
+            continue
+        # One MGET: the locks share the dataset's hash tag, so one slot.
+        held = _lenient(functools.partial(session.call, "MGET", [k for k, _ in lock_keys]), [None] * len(lock_keys))
+        for (_, what), raw in zip(lock_keys, held, strict=True):
+            holder = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            if not isinstance(holder, str) or not holder or dead_local_holder(holder):
+                continue
+            raise DatasetLocked(
+                f"version {version} of {name!r} is still loading: {what} ({holder}); wait for it to "
+                f"finish, or stop it, or pass force (`shardcache rm {name} --force`): the prefetch then "
+                "fails and leaves nothing of the version behind",
+                dataset=name,
+            )
+
+
+def _state(manifest_raw: Any) -> str | None:
+    """The ``state`` of a raw manifest; None if it cannot be read (`rm` is lenient)."""
+    if not isinstance(manifest_raw, (bytes, str)) or not manifest_raw:
+        return None
+    try:
+        doc = json.loads(manifest_raw)
+    except (ValueError, RecursionError):
+        return None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
+
+
+def _parts(records: Any) -> int:
+    """The number of parts recorded in a raw ``done`` record (0: not loaded in parts)."""
+    if not isinstance(records, Mapping):
+        return 0
+    raw = records.get(b"parts", records.get("parts"))
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return min(int(text), MAX_PARTS) if isinstance(text, str) and text.isascii() and text.isdigit() else 0
 
 
 def _lenient(read: Callable[[], T], default: T) -> T:
