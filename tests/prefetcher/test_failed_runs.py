@@ -73,7 +73,8 @@ def test_a_prefetch_failing_at_file_k_of_n_stays_visible_resumes_and_rm_reclaims
     report = json.loads(first.stdout)
     assert report["state"] == "loading"
     failed = {f["shard"] for f in report["failed"]}
-    assert failed and {f["source"] for f in report["failed"]} == {str(paths[2])}
+    assert failed
+    assert {f["source"] for f in report["failed"]} == {str(paths[2])}
     manifest = cache.manifest(dataset_name)
     assert manifest.state == "loading"
     assert {s.index for s in manifest.shards if not s.cached} == failed  # the good files' shards are kept
@@ -90,7 +91,7 @@ def test_a_prefetch_failing_at_file_k_of_n_stays_visible_resumes_and_rm_reclaims
 
     # A loader reads the loading version: what is cached from Redis, the rest through from the source,
     # where the corrupt file stops it with an error that names the file (never a silently short epoch).
-    with pytest.raises(SourceError, match="part-002.parquet"):
+    with pytest.raises(SourceError, match=r"part-002\.parquet"):
         ids_read(dataset_name, cache)
 
     # The next prefetch resumes the same version: it loads nothing that is cached and fails the same shards.
@@ -209,7 +210,8 @@ def test_rm_of_a_version_loading_in_parts_refuses_then_force_and_no_part_re_crea
         for line in part.stdout:
             if line.startswith("done") and int(line.split()[1]) >= 2:
                 break
-        with pytest.raises(DatasetLocked, match=f"version {plan.version} of .* is still loading: part 1 of its prefetch is writing it"):
+        refused = f"version {plan.version} of .* is still loading: part 1 of its prefetch is writing it"
+        with pytest.raises(DatasetLocked, match=refused):
             cache.delete(dataset_name)
         assert cache.manifest(dataset_name, plan.version).state == "loading"
         assert cache.delete(dataset_name, force=True) == [plan.version]
@@ -219,7 +221,8 @@ def test_rm_of_a_version_loading_in_parts_refuses_then_force_and_no_part_re_crea
             part.kill()
     assert part.returncode != 0
     assert "finished" not in out
-    assert "DatasetNotFound" in err and "was removed" in err
+    assert "DatasetNotFound" in err
+    assert "was removed" in err
     assert keys_of(cache, dataset_name) == []
     # The part, run again, finds no plan rather than begin half a version.
     with pytest.raises(DatasetNotFound, match="is not planned"):
@@ -233,7 +236,8 @@ def test_parts_and_allow_partial_never_write_into_a_committed_version(
 ) -> None:
     write_parquet_files(tmp_path, files=2, rows=200)
     committed = run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="8KiB").manifest
-    assert committed is not None and committed.complete
+    assert committed is not None
+    assert committed.complete
     common = [str(tmp_path), "--dataset", dataset_name, "--redis", redis_url, "--shard-size", "8KiB"]
     for flags in (["--part", "0", "--parts", "2"], ["--commit"], ["--processes", "2"], ["--plan-only", "--parts", "2"]):
         result = cli_run("prefetch", *common, "--allow-partial", *flags)
@@ -254,13 +258,16 @@ def test_parts_and_allow_partial_never_write_into_a_committed_version(
 
 
 @pytest.mark.slow
-def test_a_part_never_writes_the_shards_a_committed_partial_version_left_uncached(cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_part_never_writes_the_shards_a_committed_partial_version_left_uncached(  # type: ignore[no-untyped-def]
+    cluster_factory, tmp_path: Path
+) -> None:
     cluster = cluster_factory(masters=3, replicas=0, maxmemory="12mb", maxmemory_policy="noeviction")
     src = tmp_path / "src"
     write_parquet_files(src, files=4, rows=640, row_group_size=200, width=16_000)
     with connect(cluster.url) as cache:
         partial = run_prefetch(src, dataset="big", cache=cache, shard_size="1MiB", allow_partial=True).manifest
-        assert partial is not None and partial.complete
+        assert partial is not None
+        assert partial.complete
         uncached = [s for s in partial.shards if not s.cached]
         assert uncached
         for node in cache.client.get_primaries():  # room now for the whole version
@@ -275,4 +282,5 @@ def test_a_part_never_writes_the_shards_a_committed_partial_version_left_uncache
         # A whole prefetch caches the rest, and commits them.
         whole = run_prefetch(src, dataset="big", cache=cache, shard_size="1MiB")
         assert whole.written == len(uncached)
-        assert whole.manifest is not None and whole.manifest.cached_shards == whole.manifest.num_shards
+        assert whole.manifest is not None
+        assert whole.manifest.cached_shards == whole.manifest.num_shards
