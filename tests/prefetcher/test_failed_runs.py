@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +89,10 @@ def test_a_prefetch_failing_at_file_k_of_n_stays_visible_resumes_and_rm_reclaims
     assert row["bytes"] == manifest.nbytes > 0
     info = json.loads(cli_run("info", dataset_name, "--redis", redis_url, "--json").stdout)
     assert (info["state"], info["cached_shards"], info["bytes"]) == ("loading", manifest.cached_shards, manifest.nbytes)
+    assert info["writers"] == []  # no prefetch is loading it: `info` says so, and what to run
+    text = cli_run("info", dataset_name, "--redis", redis_url).stdout
+    assert "no prefetch is loading it (it failed or was killed): run the same prefetch again" in text
+    assert f"`shardcache rm {dataset_name} --version {manifest.version}`" in text
 
     # A loader reads the loading version: what is cached from Redis, the rest through from the source,
     # where the corrupt file stops it with an error that names the file (never a silently short epoch).
@@ -182,6 +187,9 @@ def test_rm_refuses_while_a_prefetch_loads_and_force_leaves_nothing_behind(
         assert "is still loading: a prefetch is writing it" in line
         assert f"shardcache rm {dataset_name} --force" in line
         assert cache.manifest(dataset_name).state == "loading"  # nothing was removed
+        info = json.loads(cli_run("info", dataset_name, "--redis", redis_url, "--json").stdout)
+        assert len(info["writers"]) == 1
+        assert info["writers"][0].startswith(f"a prefetch is writing it ({socket.gethostname()}:{os.getpid()}:")
 
         assert cli_run("rm", dataset_name, "--redis", redis_url, "--force").exit_code == 0
     finally:
@@ -284,3 +292,22 @@ def test_a_part_never_writes_the_shards_a_committed_partial_version_left_uncache
         assert whole.written == len(uncached)
         assert whole.manifest is not None
         assert whole.manifest.cached_shards == whole.manifest.num_shards
+
+
+def test_rm_all_old_keeps_the_last_committed_version_while_the_newest_failed(
+    redis_url: str, cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write_parquet_files(src, files=2, rows=300, row_group_size=300, width=512)
+    oldest = run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="64KiB")
+    pq.write_table(image_table(600, 300, width=512), src / "part-002.parquet", row_group_size=300)
+    committed = run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="64KiB")
+    pq.write_table(image_table(900, 300, width=512), src / "part-003.parquet", row_group_size=300)
+    corrupt_pages(src / "part-003.parquet")
+    failed = run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="64KiB")
+    assert (oldest.state, committed.state, failed.state) == ("complete", "complete", "loading")
+    assert cache.latest_version(dataset_name) == failed.version
+
+    assert cache.delete(dataset_name, all_old=True) == [oldest.version]
+    assert cache.versions(dataset_name) == [committed.version, failed.version]
+    assert cached_ids(cache, cache.manifest(dataset_name, committed.version)) == list(range(900))
