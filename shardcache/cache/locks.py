@@ -24,7 +24,7 @@ from ..checks import check_number
 from ..errors import DatasetLocked, ShardCacheError
 from .keys import validate_version
 
-__all__ = ["DatasetLock", "Lease", "delete_if_held", "live_leases"]
+__all__ = ["DatasetLock", "Lease", "dead_local_holder", "delete_if_held", "live_leases"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,22 @@ Call = Callable[..., Any]
 
 def _holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def dead_local_holder(token: str) -> bool:
+    """Whether lock token ``token`` (``HOST:PID:...``) names a process of this host that is gone
+    (killed with SIGKILL, say: its lock lives on until its TTL passes)."""
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 class _Renewer:

@@ -85,12 +85,13 @@ def info(
         missing = cache.missing_shards(m)
         versions = cache.versions(dataset)
         leases = cache.leases(dataset)
+        writers = cache.writers(dataset, m.version) if m.state == "loading" else []
     data = {
         "dataset": m.name, "version": m.version, "state": m.state, "rows": m.num_rows,
         "shards": m.num_shards, "cached_shards": m.cached_shards, "missing_shards": missing,
         "bytes": m.nbytes, "compression": m.compression, "transform_id": m.transform_id,
         "source": None if m.source is None else m.source.uri, "created_at": m.created_at,
-        "schema": str(m.schema), "versions": versions, "leases": leases,
+        "schema": str(m.schema), "versions": versions, "leases": leases, "writers": writers,
     }
     if as_json:
         echo_json(data)
@@ -100,6 +101,11 @@ def info(
                f"{len(missing)} gone from Redis), {format_bytes(m.nbytes)}, compression {m.compression or 'none'}")
     click.echo(f"  source {data['source']}  transform {m.transform_id or '-'}")
     click.echo(f"  versions: {', '.join(versions)}   live leases: {len(leases)}")
+    if writers:
+        click.echo(f"  loading now: {'; '.join(writers)}")
+    elif m.state == "loading":
+        click.echo(f"  no prefetch is loading it (it failed or was killed): run the same prefetch again to resume it, "
+                   f"or free its {format_bytes(m.nbytes)} with `shardcache rm {_quoted(m.name)} --version {m.version}`")
     click.echo("  schema:")
     for line in str(m.schema).splitlines():
         click.echo(f"    {line}")
@@ -109,8 +115,9 @@ def info(
 @click.argument("dataset")
 @redis_options
 @click.option("--version", "version", default=None, help="Remove only this version.")
-@click.option("--all-old", is_flag=True, help="Remove every version but the newest.")
-@click.option("--force", is_flag=True, help="Remove even while a reader holds a lease.")
+@click.option("--all-old", is_flag=True,
+              help="Remove every version but the newest (and the newest complete one while the newest loads).")
+@click.option("--force", is_flag=True, help="Remove even while a reader holds a lease or a prefetch is loading it.")
 def rm(
     dataset: str, redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secret: str | None,
     version: str | None, all_old: bool, force: bool,

@@ -119,7 +119,7 @@ def _mode(*, processes: int | None, parts: int | None, part: int | None, plan_on
                                     ("--plan-only", plan_only), ("--commit", commit_only)) if on]
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)} do not go together: pass one of them")
-    if allow_partial and chosen and chosen != ["--commit"]:
+    if allow_partial and chosen:  # --commit too: a commit never leaves shards out, the flag would do nothing
         raise click.UsageError(f"--allow-partial does not apply to {chosen[0]}: a parallel prefetch caches the "
                                "whole version; run one prefetch with --allow-partial instead")
     if (plan_only or part is not None) and parts is None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 
-from ..cache.locks import DatasetLock, delete_if_held
+from ..cache.locks import DatasetLock, dead_local_holder, delete_if_held
 from ..cache.store import ShardCache
 from ..errors import DatasetLocked
 
@@ -32,7 +30,7 @@ def _take_over(store: ShardCache, key: str, what: str) -> bool:
     """Remove the lock at ``key`` if its holder was a process of this host that is gone; whether it did."""
     holder = store.call("GET", key)
     text = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder or "")
-    if not _dead_local_holder(text):
+    if not dead_local_holder(text):
         return False
     log.warning("%s: the lock of dead prefetcher %s is taken over", what, text)
     delete_if_held(store.call, key, text)
@@ -52,17 +50,3 @@ def take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
         if not _take_over(store, store.keys.lock(dataset), f"dataset {dataset!r}") and wait <= 0:
             raise
     return store.lock(dataset, wait=wait, ttl=LOCK_TTL)
-
-
-def _dead_local_holder(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False

@@ -321,8 +321,15 @@ def _not_planned(dataset: str, version: str) -> DatasetNotFound:
 
 
 def _missing(store: ShardCache, manifest: Manifest, scope: Sequence[int]) -> list[int]:
-    """The shards of ``scope`` not in Redis: never written, or gone or truncated since."""
+    """The shards of ``scope`` not in Redis: never written, or gone or truncated since.
+
+    Of a committed version, only the shards it records as cached (evicted or truncated since): one
+    it leaves uncached (allow_partial) would be written where no manifest names it, memory that
+    `ls` never shows and loaders never read; a whole prefetch caches those and commits them.
+    """
     absent = set(store.missing_shards(manifest, check_sizes=True))
+    if manifest.complete:
+        return [i for i in scope if i in absent]
     return [i for i in scope if not manifest.shards[i].cached or i in absent]
 
 

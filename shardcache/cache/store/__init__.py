@@ -37,7 +37,7 @@ from ..retry import RetryPolicy
 from ..urls import CacheURL, resolve_url
 from .capacity import Capacity, NodeMemory, capacity
 from .catalog import Catalog
-from .removal import delete
+from .removal import delete, writers
 from .session import Session
 from .shards import Shards
 
@@ -326,10 +326,17 @@ class ShardCache:
     ) -> list[str]:
         """Remove ``version`` (default: every version) of ``name``; return the versions removed.
 
-        ``all_old`` removes every version but the newest. A version with a live lease
-        raises DatasetInUse unless ``force``.
+        ``all_old`` removes every version but the newest (and, while the newest is loading, the newest
+        complete one). A version with a live lease raises DatasetInUse, and a loading version that a live
+        prefetch (or part) is writing DatasetLocked, unless ``force``; a writer then fails rather than
+        write on into the removed version.
         """
         return delete(self.session, self._catalog, name, version, all_old=all_old, force=force)
+
+    def writers(self, name: str, version: str) -> list[str]:
+        """Who is loading ``version`` now (a prefetch, or parts of one, by lock holder); [] when no one
+        is: a ``loading`` version with no writer was left by a prefetch that failed or was killed."""
+        return writers(self.session, self._catalog, name, version)
 
     # -- capacity ------------------------------------------------------------------
 

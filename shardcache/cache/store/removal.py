@@ -14,16 +14,18 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ...errors import ConfigError, DatasetInUse, DatasetNotFound, ManifestCorrupted
+from ...errors import ConfigError, DatasetInUse, DatasetLocked, DatasetNotFound, ManifestCorrupted
 from ..keys import validate_dataset_name, validate_version
+from ..locks import dead_local_holder
 from ..manifest import MAX_CHUNKS_PER_SHARD, record_chunks
 from .catalog import Catalog
 from .session import Session
 
-__all__ = ["delete"]
+__all__ = ["delete", "writers"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_PARTS = 4096  # the parts a version may be loaded in (prefetcher.parts.MAX_PARTS)
 
 # KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..]. A key of the wrong
 # type (planted by something else) is deleted rather than left to make every `rm` fail: a lease set
@@ -101,7 +103,8 @@ def delete(
         targets = [version]
     elif all_old:
         newest = latest if latest in versions else (versions[-1] if versions else None)
-        targets = [v for v in versions if v != newest]
+        kept = {newest, _newest_complete(session, name, versions, newest)}
+        targets = [v for v in versions if v not in kept]
     else:
         targets = versions or ([latest] if broken and latest else [])
         if not targets and not broken and name not in _lenient(catalog.datasets, [name]):
@@ -115,6 +118,8 @@ def delete(
         manifest_key, done_key = keys.manifest(name, v), keys.done(name, v)
         before[v] = (_lenient(functools.partial(session.call, "GET", manifest_key), None),
                      _lenient(functools.partial(session.call, "HGETALL", done_key), {}))
+    if not force:
+        _refuse_if_written(session, name, before, latest=latest)
     script_keys = [keys.leases(name), keys.versions(name), keys.latest(name)]
     for v in targets:
         script_keys += [keys.manifest(name, v), keys.done(name, v)]
@@ -140,6 +145,91 @@ def delete(
         except ManifestCorrupted as exc:  # the dataset list is broken: the dataset is gone all the same
             log.warning("%s", exc)
     return targets
+
+
+def _refuse_if_written(
+    session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None
+) -> None:
+    """DatasetLocked when a live prefetch is loading one of the versions to remove (see :func:`writers`).
+    With force, `rm` removes it all the same, and the writer then fails (its shards' records need the
+    manifest) rather than re-create any of it."""
+    for version, (manifest_raw, records) in before.items():
+        if _state(manifest_raw) != "loading":
+            continue
+        for what, holder in _live_writers(session, name, version, parts=_parts(records), latest=latest):
+            raise DatasetLocked(
+                f"version {version} of {name!r} is still loading: {what} ({holder}); wait for it to "
+                f"finish, or stop it, or pass force (`shardcache rm {name} --force`): the prefetch then "
+                "fails and leaves nothing of the version behind",
+                dataset=name,
+            )
+
+
+def writers(session: Session, catalog: Catalog, name: str, version: str) -> list[str]:
+    """Who is loading ``version`` of ``name`` now, e.g. ``["a prefetch is writing it (HOST:PID:TOKEN)"]``;
+    [] when none is (a version left ``loading`` by a prefetch that failed or was killed)."""
+    latest = catalog.latest_version(name)
+    parts = catalog.recorded_parts(name, version) or 0
+    return [f"{what} ({holder})" for what, holder in _live_writers(session, name, version, parts=parts,
+                                                                  latest=latest)]
+
+
+def _live_writers(session: Session, name: str, version: str, *, parts: int, latest: str | None
+                  ) -> list[tuple[str, str]]:
+    """``(what, holder)`` of each live lock on loading ``version``: the dataset's writer lock (for the
+    newest version: a prefetch begins its version as the newest) and the locks of its ``parts``. A
+    lock whose holder died on this host does not count (it only waits out its TTL)."""
+    keys = session.keys
+    lock_keys = [(keys.lock(name), "a prefetch is writing it")] if version == latest else []
+    lock_keys += [(keys.part_lock(name, version, i), f"part {i} of its prefetch is writing it")
+                  for i in range(min(parts, MAX_PARTS))]
+    if not lock_keys:
+        return []
+    # One MGET: the locks share the dataset's hash tag, so one slot.
+    held = _lenient(functools.partial(session.call, "MGET", [k for k, _ in lock_keys]), [None] * len(lock_keys))
+    out: list[tuple[str, str]] = []
+    for (_, what), raw in zip(lock_keys, held, strict=True):
+        holder = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        if isinstance(holder, str) and holder and not dead_local_holder(holder):
+            out.append((what, holder))
+    return out
+
+
+def _newest_complete(session: Session, name: str, versions: Sequence[str], newest: str | None) -> str | None:
+    """While ``newest`` is still loading (or was left loading by a failed prefetch), the newest complete
+    version before it, which ``all_old`` keeps too: else the last committed data would go, leaving
+    only a version that may never commit. None when ``newest`` is complete or none is."""
+    if newest is None:
+        return None
+    read = functools.partial(_lenient, default=None)
+    if _state(read(functools.partial(session.call, "GET", session.keys.manifest(name, newest)))) != "loading":
+        return None
+    for version in reversed(versions):
+        if version != newest and _state(read(functools.partial(session.call, "GET",
+                                                                 session.keys.manifest(name, version)))) == "complete":
+            return version
+    return None
+
+
+def _state(manifest_raw: Any) -> str | None:
+    """The ``state`` of a raw manifest; None if it cannot be read (`rm` is lenient)."""
+    if not isinstance(manifest_raw, (bytes, str)) or not manifest_raw:
+        return None
+    try:
+        doc = json.loads(manifest_raw)
+    except (ValueError, RecursionError):
+        return None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
+
+
+def _parts(records: Any) -> int:
+    """The number of parts recorded in a raw ``done`` record (0: not loaded in parts)."""
+    if not isinstance(records, Mapping):
+        return 0
+    raw = records.get(b"parts", records.get("parts"))
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return min(int(text), MAX_PARTS) if isinstance(text, str) and text.isascii() and text.isdigit() else 0
 
 
 def _lenient(read: Callable[[], T], default: T) -> T:

@@ -21,7 +21,15 @@ import redis.exceptions as rex
 import xxhash
 
 from ...checks import check_int
-from ...errors import CacheUnavailable, CapacityExceeded, ConfigError, ManifestCorrupted, ShardCorrupted, ShardMissing
+from ...errors import (
+    CacheUnavailable,
+    CapacityExceeded,
+    ConfigError,
+    DatasetNotFound,
+    ManifestCorrupted,
+    ShardCorrupted,
+    ShardMissing,
+)
 from ...units import format_bytes
 from ..bulk import Into, NotBulk, read_bulk, write_bulk
 from ..codec import checksum, decode_payload, split_chunks
@@ -33,6 +41,15 @@ from .session import Session
 __all__ = ["Shards"]
 
 log = logging.getLogger(__name__)
+
+# KEYS: manifest, done. ARGV: shard index, record. The record of a shard of a loading version is
+# written only while its manifest exists: a version removed mid-load (`rm`) is never re-created
+# by a writer that is still running (it would hold memory that no manifest names).
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
 
 
 class Shards:
@@ -71,12 +88,11 @@ class Shards:
                 f"shard {index} of {manifest.name!r} is {format_bytes(nbytes)}, which needs {len(chunks)} chunks of "
                 f"chunk_size={self.chunk_size}, over {MAX_CHUNKS_PER_SHARD}; raise chunk_size or make smaller shards"
             )
-        done_key = keys.done(manifest.name, manifest.version)
         loading = manifest.state == "loading"
         # An intent record first, so that `rm` finds every chunk even if we die midway (a
         # committed manifest already names the chunks of its cached shards).
         if len(chunks) > 1 and not (manifest.state == "complete" and shard.cached):
-            session.call("HSET", done_key, str(index), json.dumps({"pending": len(chunks)}))
+            self._record(manifest, index, json.dumps({"pending": len(chunks)}).encode(), written=0)
         # The dataset's policy, as its manifest records it: a loader writing a shard back follows it.
         ttl = manifest.shard_ttl if manifest.shard_ttl is not None else self.shard_ttl
         px = int(ttl * 1000) if ttl else None
@@ -87,9 +103,26 @@ class Shards:
             raise capacity_error(session, nbytes, dataset=manifest.name, node=exc.node) from exc
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
         if loading:
-            session.call("HSET", done_key, str(index), shard_record(written))
+            self._record(manifest, index, shard_record(written), written=len(chunks))
         session.stats.add(bytes_written=nbytes, shards_written=1)
         return written
+
+    def _record(self, manifest: Manifest, index: int, record: bytes, *, written: int) -> None:
+        """Record shard ``index`` in ``done:V`` if the version is still there; else UNLINK its first
+        ``written`` chunks and raise DatasetNotFound (removed mid-load: nothing of it may stay)."""
+        session, keys = self.session, self.session.keys
+        name, version = manifest.name, manifest.version
+        kept = session.call("EVAL", _RECORD, 2, keys.manifest(name, version), keys.done(name, version),
+                            str(index), record)
+        if int(kept):
+            return
+        for c in range(written):
+            session.call("UNLINK", keys.chunk(manifest.shards[index].key, c))
+        raise DatasetNotFound(
+            f"version {version} of {name!r} was removed (`shardcache rm`) while it was being written; the "
+            "shards written for it were removed too; prefetch it again to load it anew",
+            dataset=name, version=version,
+        )
 
     def drop_shard(self, manifest: Manifest, index: int) -> Manifest:
         shard = manifest.shards[index]
