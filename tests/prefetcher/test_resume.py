@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,20 +22,68 @@ from shardcache.prefetcher import Progress, prefetch, run_prefetch
 
 from .conftest import cached_ids, image_table, write_parquet_files
 
+# Prints each progress call; once ``argv[4]`` shards are written it blocks (reading stdin) until the test
+# kills it. While it blocks, no shard is read or submitted, and max_inflight of one shard keeps the writes
+# not yet reported to about one: the kill lands midway whatever the scheduling. (With the default 64 MiB in
+# flight, every shard could be submitted, and written, before the first progress call reported any.)
 KILLER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys
     from shardcache.prefetcher import run_prefetch
+
+    kill_after = int(sys.argv[4])
 
     def progress(p):
         print("done", p.shards_done, flush=True)
-        time.sleep(0.05)  # slow enough to be killed midway
+        if p.shards_done >= kill_after:
+            sys.stdin.read()  # until the test kills this process
+            os._exit(3)  # stdin closed, no kill: the test is gone; stop as a killed run would
 
     run_prefetch(sys.argv[1], dataset=sys.argv[2], cache=sys.argv[3], shard_size="8KiB", workers=2,
-                 progress=progress)
+                 max_inflight="8KiB", progress=progress)
     print("finished", flush=True)
     """
 )
+KILL_POINT_TIMEOUT_S = 120.0  # interpreter start, imports and the first shards, on two busy cores
+
+
+def _kill_midway(proc: subprocess.Popen[str], kill_after: int) -> int:
+    """SIGKILL the child once it prints ``done N`` with N >= ``kill_after`` (it then blocks); return that N."""
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name="killer-stdout", daemon=True)
+    reader.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + KILL_POINT_TIMEOUT_S
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                pytest.fail(f"the prefetcher printed no 'done N' with N >= {kill_after} within "
+                            f"{KILL_POINT_TIMEOUT_S:.0f} s; its output: {seen}")
+            if line is None:
+                pytest.fail(f"the prefetcher exited (code {proc.wait(timeout=30)}) before {kill_after} shards "
+                            f"were written; its output: {seen}")
+            seen.append(line.strip())
+            assert line.startswith("done"), seen
+            done = int(line.split()[1])
+            if done >= kill_after:
+                break
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, seen
+        return done
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        reader.join(timeout=30)  # EOF once the child is gone; before Popen's exit closes the pipe
 
 
 def test_unchanged_source_is_a_noop_and_changed_source_a_new_version(
@@ -85,26 +135,16 @@ def test_evicted_and_truncated_shards_are_reloaded(cache: ShardCache, dataset_na
 def test_resume_after_sigkill(redis_url: str, cache: ShardCache, dataset_name: str, tmp_path: Path,
                               kill_after: int) -> None:
     write_parquet_files(tmp_path / "src", files=3, rows=200)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLER, str(tmp_path / "src"), dataset_name, redis_url],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            assert line.startswith("done"), line
-            if int(line.split()[1]) >= kill_after:
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(tmp_path / "src"), dataset_name, redis_url, str(kill_after)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        reported = _kill_midway(proc, kill_after)
     interrupted = cache.manifest(dataset_name)
     assert interrupted.state == "loading"
     done_before = interrupted.cached_shards
-    assert done_before < interrupted.num_shards
-    assert done_before > 0 or kill_after == 1
+    # Every shard it reported is recorded; besides those only the writes in flight can have landed.
+    assert reported <= done_before < interrupted.num_shards
 
     report = run_prefetch(tmp_path / "src", dataset=dataset_name, cache=cache, shard_size="8KiB")
     assert report.state == "complete"
