@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from shardcache.cache import ShardCache, connect
 from shardcache.errors import DatasetLocked
 from shardcache.prefetcher import Progress, prefetch, run_prefetch
 
-from .conftest import cached_ids, image_table, write_parquet_files
+from .conftest import cached_ids, image_table, kill_at, write_parquet_files
 
 # Prints each progress call; once ``argv[4]`` shards are written it blocks (reading stdin) until the test
 # kills it. While it blocks, no shard is read or submitted, and max_inflight of one shard keeps the writes
@@ -44,46 +41,6 @@ KILLER = textwrap.dedent(
     print("finished", flush=True)
     """
 )
-KILL_POINT_TIMEOUT_S = 120.0  # interpreter start, imports and the first shards, on two busy cores
-
-
-def _kill_midway(proc: subprocess.Popen[str], kill_after: int) -> int:
-    """SIGKILL the child once it prints ``done N`` with N >= ``kill_after`` (it then blocks); return that N."""
-    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, name="killer-stdout", daemon=True)
-    reader.start()
-    seen: list[str] = []
-    deadline = time.monotonic() + KILL_POINT_TIMEOUT_S
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                pytest.fail(f"the prefetcher printed no 'done N' with N >= {kill_after} within "
-                            f"{KILL_POINT_TIMEOUT_S:.0f} s; its output: {seen}")
-            if line is None:
-                pytest.fail(f"the prefetcher exited (code {proc.wait(timeout=30)}) before {kill_after} shards "
-                            f"were written; its output: {seen}")
-            seen.append(line.strip())
-            assert line.startswith("done"), seen
-            done = int(line.split()[1])
-            if done >= kill_after:
-                break
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, seen
-        return done
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        reader.join(timeout=30)  # EOF once the child is gone; before Popen's exit closes the pipe
 
 
 def test_unchanged_source_is_a_noop_and_changed_source_a_new_version(
@@ -139,7 +96,7 @@ def test_resume_after_sigkill(redis_url: str, cache: ShardCache, dataset_name: s
         [sys.executable, "-c", KILLER, str(tmp_path / "src"), dataset_name, redis_url, str(kill_after)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     ) as proc:
-        reported = _kill_midway(proc, kill_after)
+        reported = kill_at(proc, kill_after)
     interrupted = cache.manifest(dataset_name)
     assert interrupted.state == "loading"
     done_before = interrupted.cached_shards
