@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import signal
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +55,52 @@ def assert_rebuilds(cache: ShardCache, manifest: Manifest, **kwargs: object) -> 
         table = read_source_shard(manifest, index, **kwargs)  # type: ignore[arg-type]
         assert checksum(encode_table(table, compression=manifest.compression)) == shard.checksum
         assert table.equals(cache.get_table(manifest, index))
+
+
+KILL_POINT_TIMEOUT_S = 120.0  # interpreter start, imports and the first shards, on two busy cores
+
+
+def kill_at(proc: subprocess.Popen[str], kill_after: int) -> int:
+    """SIGKILL ``proc`` once it prints ``done N`` with N >= ``kill_after``; return that N.
+
+    The child is a prefetcher whose progress callback prints ``done N`` and, from ``kill_after`` on,
+    blocks reading stdin: it reads and submits nothing more while the kill is on its way.
+    """
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name="prefetcher-stdout", daemon=True)
+    reader.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + KILL_POINT_TIMEOUT_S
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                pytest.fail(f"the prefetcher printed no 'done N' with N >= {kill_after} within "
+                            f"{KILL_POINT_TIMEOUT_S:.0f} s; its output: {seen}")
+            if line is None:
+                pytest.fail(f"the prefetcher exited (code {proc.wait(timeout=30)}) before {kill_after} shards "
+                            f"were written; its output: {seen}")
+            seen.append(line.strip())
+            assert line.startswith("done"), seen
+            done = int(line.split()[1])
+            if done >= kill_after:
+                break
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, seen
+        return done
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        reader.join(timeout=30)  # EOF once the child is gone; before Popen's exit closes the pipe
 
 
 @pytest.fixture

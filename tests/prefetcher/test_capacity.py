@@ -78,8 +78,12 @@ def test_out_of_memory_midway_then_resume(small_cache, tmp_path: Path) -> None:
         if p.bytes_done > 0 and not junk:
             junk.extend(_fill(small_cache))
 
+    # max_inflight of one shard: the junk goes in while at most one write is in flight, so the shards read
+    # after it meet a full Redis. (With the default 64 MiB, every shard could be submitted, and written,
+    # before the first progress call.)
     with pytest.raises(CapacityExceeded, match="out of memory"):
-        run_prefetch(tmp_path, dataset="oom", cache=small_cache, shard_size="1MiB", progress=fill_after_first)
+        run_prefetch(tmp_path, dataset="oom", cache=small_cache, shard_size="1MiB", max_inflight="1MiB",
+                     progress=fill_after_first)
     m = small_cache.manifest("oom")
     assert m.state == "loading"
     assert 0 < m.cached_shards < m.num_shards

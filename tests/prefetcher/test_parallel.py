@@ -37,22 +37,29 @@ from shardcache.prefetcher import (
     run_prefetch,
 )
 
-from .conftest import assert_rebuilds, cached_ids, write_parquet_files
+from .conftest import assert_rebuilds, cached_ids, kill_at, write_parquet_files
 
 SHARD = "8KiB"
 
-# One part of a planned version in its own process, slow enough to be killed midway.
+# One part of a planned version in its own process, which blocks (reading stdin) in its progress call
+# once argv[7] shards are written, until the test kills it: nothing more is read or submitted, and
+# max_inflight of one shard keeps the writes not yet reported to about one (see kill_at).
 SLOW_PART = textwrap.dedent(
     """
-    import sys, time
+    import os, sys
     from shardcache.prefetcher import run_prefetch
+
+    kill_after = int(sys.argv[7])
 
     def progress(p):
         print("done", p.shards_done, flush=True)
-        time.sleep(0.3)
+        if p.shards_done >= kill_after:
+            sys.stdin.read()  # until the test kills this process
+            os._exit(3)  # stdin closed, no kill: the test is gone; stop as a killed run would
 
     run_prefetch(sys.argv[1], dataset=sys.argv[2], cache=sys.argv[3], shard_size="8KiB", workers=1,
-                 part=int(sys.argv[4]), parts=int(sys.argv[5]), version=sys.argv[6], progress=progress)
+                 max_inflight="8KiB", part=int(sys.argv[4]), parts=int(sys.argv[5]), version=sys.argv[6],
+                 progress=progress)
     print("finished", flush=True)
     """
 )
@@ -173,20 +180,11 @@ def test_killed_part_is_rerun_alone_and_the_version_commits_once(
     write_parquet_files(tmp_path / "src", files=3, rows=400)  # 15 shards a part
     src = str(tmp_path / "src")
     plan = plan_prefetch(src, dataset=dataset_name, cache=cache, parts=3, shard_size=SHARD)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_PART, src, dataset_name, redis_url, "1", "3", plan.version],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if int(line.split()[1]) >= 1:
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(
+        [sys.executable, "-c", SLOW_PART, src, dataset_name, redis_url, "1", "3", plan.version, "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        reported = kill_at(proc, 1)
     for part in (0, 2):
         assert run_prefetch(src, dataset=dataset_name, cache=cache, shard_size=SHARD, part=part, parts=3).ok
 
@@ -194,7 +192,7 @@ def test_killed_part_is_rerun_alone_and_the_version_commits_once(
     assert interrupted.state == "loading"
     killed = plan.shards_of(1)
     loaded = [i for i in killed if interrupted.shards[i].cached]
-    assert 0 < len(loaded) < len(killed)
+    assert reported <= len(loaded) < len(killed)
     with pytest.raises(PrefetchFailed, match=r"part 1: shards? .*--part 1 --parts 3") as refused:
         commit_prefetch(src, dataset=dataset_name, cache=cache, shard_size=SHARD)
     assert refused.value.report.state == "loading"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,19 +17,27 @@ from shardcache.cache import ShardCache, connect
 from shardcache.errors import DatasetLocked
 from shardcache.prefetcher import Progress, prefetch, run_prefetch
 
-from .conftest import cached_ids, image_table, write_parquet_files
+from .conftest import cached_ids, image_table, kill_at, write_parquet_files
 
+# Prints each progress call; once ``argv[4]`` shards are written it blocks (reading stdin) until the test
+# kills it. While it blocks, no shard is read or submitted, and max_inflight of one shard keeps the writes
+# not yet reported to about one: the kill lands midway whatever the scheduling. (With the default 64 MiB in
+# flight, every shard could be submitted, and written, before the first progress call reported any.)
 KILLER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys
     from shardcache.prefetcher import run_prefetch
+
+    kill_after = int(sys.argv[4])
 
     def progress(p):
         print("done", p.shards_done, flush=True)
-        time.sleep(0.05)  # slow enough to be killed midway
+        if p.shards_done >= kill_after:
+            sys.stdin.read()  # until the test kills this process
+            os._exit(3)  # stdin closed, no kill: the test is gone; stop as a killed run would
 
     run_prefetch(sys.argv[1], dataset=sys.argv[2], cache=sys.argv[3], shard_size="8KiB", workers=2,
-                 progress=progress)
+                 max_inflight="8KiB", progress=progress)
     print("finished", flush=True)
     """
 )
@@ -85,26 +92,16 @@ def test_evicted_and_truncated_shards_are_reloaded(cache: ShardCache, dataset_na
 def test_resume_after_sigkill(redis_url: str, cache: ShardCache, dataset_name: str, tmp_path: Path,
                               kill_after: int) -> None:
     write_parquet_files(tmp_path / "src", files=3, rows=200)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLER, str(tmp_path / "src"), dataset_name, redis_url],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            assert line.startswith("done"), line
-            if int(line.split()[1]) >= kill_after:
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(tmp_path / "src"), dataset_name, redis_url, str(kill_after)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        reported = kill_at(proc, kill_after)
     interrupted = cache.manifest(dataset_name)
     assert interrupted.state == "loading"
     done_before = interrupted.cached_shards
-    assert done_before < interrupted.num_shards
-    assert done_before > 0 or kill_after == 1
+    # Every shard it reported is recorded; besides those only the writes in flight can have landed.
+    assert reported <= done_before < interrupted.num_shards
 
     report = run_prefetch(tmp_path / "src", dataset=dataset_name, cache=cache, shard_size="8KiB")
     assert report.state == "complete"
