@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -23,9 +23,31 @@ from shardcache.dataloader import CachedDataLoader
 from shardcache.errors import ConfigError, DatasetLocked, DatasetNotFound, SourceError
 from shardcache.prefetcher import Progress, plan_prefetch, run_prefetch
 
-from .conftest import cached_ids, image_table, write_parquet_files
-from .test_parallel import SLOW_PART
+from .conftest import cached_ids, image_table, kill_at, write_parquet_files
 from .test_resume import KILLER
+
+# One part of a planned version in its own process; after its second shard it waits for a line on stdin
+# (the test's go-ahead), then goes on writing.
+PAUSED_PART = textwrap.dedent(
+    """
+    import sys
+    from shardcache.prefetcher import run_prefetch
+
+    paused = False
+
+    def progress(p):
+        global paused
+        print("done", p.shards_done, flush=True)
+        if p.shards_done >= 2 and not paused:
+            paused = True
+            sys.stdin.readline()
+
+    run_prefetch(sys.argv[1], dataset=sys.argv[2], cache=sys.argv[3], shard_size="8KiB", workers=1,
+                 max_inflight="8KiB", part=int(sys.argv[4]), parts=int(sys.argv[5]), version=sys.argv[6],
+                 progress=progress)
+    print("finished", flush=True)
+    """
+)
 
 
 def cli_run(*args: str) -> Result:
@@ -127,18 +149,11 @@ def test_a_sigkilled_prefetch_is_read_through_and_removed_at_once(
 ) -> None:
     src = tmp_path / "src"
     write_parquet_files(src, files=3, rows=200)
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(src), dataset_name, redis_url],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if int(line.split()[1]) >= 4:
-                break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(src), dataset_name, redis_url, "4"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:
+        kill_at(proc, 4)
     killed = cache.manifest(dataset_name)
     assert killed.state == "loading"
     assert 0 < killed.cached_shards < killed.num_shards
@@ -210,12 +225,13 @@ def test_rm_of_a_version_loading_in_parts_refuses_then_force_and_no_part_re_crea
     write_parquet_files(tmp_path, files=3, rows=400)
     plan = plan_prefetch(tmp_path, dataset=dataset_name, cache=cache, parts=2, shard_size="8KiB")
     part = subprocess.Popen(
-        [sys.executable, "-c", SLOW_PART, str(tmp_path), dataset_name, redis_url, "1", "2", plan.version],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, "-c", PAUSED_PART, str(tmp_path), dataset_name, redis_url, "1", "2", plan.version],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert part.stdout is not None
-        for line in part.stdout:
+        for line in part.stdout:  # until it waits, after its second shard (or EOF: then the asserts fail)
             if line.startswith("done") and int(line.split()[1]) >= 2:
                 break
         refused = f"version {plan.version} of .* is still loading: part 1 of its prefetch is writing it"
@@ -223,7 +239,7 @@ def test_rm_of_a_version_loading_in_parts_refuses_then_force_and_no_part_re_crea
             cache.delete(dataset_name)
         assert cache.manifest(dataset_name, plan.version).state == "loading"
         assert cache.delete(dataset_name, force=True) == [plan.version]
-        out, err = part.communicate(timeout=120)
+        out, err = part.communicate(input="go\n", timeout=120)  # it writes on into the removed version
     finally:
         if part.poll() is None:
             part.kill()
