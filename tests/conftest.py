@@ -19,8 +19,11 @@ import pytest
 from shardcache.errors import CacheUnavailable, ConfigError
 from shardcache.localcluster import LocalCluster, port_free
 
-SESSION_PORTS = (30000, 30999)
-FACTORY_PORTS = (31000, 39999)
+# Every port a test listens on, bus ports (port + 10000) included, lies below the kernel's ephemeral
+# range (net.ipv4.ip_local_port_range, 32768 up by default): a port checked free cannot be taken by an
+# outbound connection before its server binds it. Single ports without a bus: 23000-29999.
+SESSION_PORTS = (20000, 20999)  # bus 30000-30999
+FACTORY_PORTS = (21000, 22767)  # bus 31000-32767
 BUS_PORT_OFFSET = 10000
 START_TIMEOUT_S = 60.0  # two cores shared with other test sessions
 
@@ -101,7 +104,7 @@ def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
-    """``make(*, port_range=(31000, 39999), **LocalCluster kwargs)`` starts a dedicated cluster;
+    """``make(*, port_range=FACTORY_PORTS, **LocalCluster kwargs)`` starts a dedicated cluster;
     all are stopped at teardown. With ``port=`` given, that port is used as is."""
     started: list[LocalCluster] = []
 

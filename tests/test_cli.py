@@ -104,7 +104,7 @@ def test_up_status_down_as_a_user_would(tmp_path: Path, free_ports: Callable[...
     """The real console script in subprocesses: up prints the URL, down stops exactly those servers."""
     exe = [sys.executable, "-m", "shardcache"]
     state = tmp_path / "state"
-    port = free_ports(2, 40000, 44999)
+    port = free_ports(2, 21000, 22767)
     up = subprocess.run(
         [*exe, "up", "--masters", "1", "--replicas", "1", "--port", str(port), "--dir", str(state),
          "--maxmemory", "64mb"],

@@ -26,7 +26,7 @@ from shardcache.localcluster import (
 )
 from shardcache.prefetcher import prefetch
 
-FACTORY_PORTS = (31000, 39999)
+FACTORY_PORTS = (21000, 22767)  # as tests/conftest.py: bus ports below 32768
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from shardcache.localcluster import LocalCluster, TLSFiles
 
 from .conftest import new_manifest, tables, write_version
 
-FACTORY_PORTS = (31000, 39999)
+FACTORY_PORTS = (21000, 22767)  # as tests/conftest.py: bus ports below 32768
 PASSWORD = f"pw-{uuid.uuid4().hex}/@:?"  # needs percent-encoding in a URL
 QUICK = RetryPolicy(deadline=1.0)
 

@@ -22,7 +22,7 @@ from shardcache.prefetcher import prefetch
 
 ROWS = 1000
 # Rendezvous ports of the launched ranks (MASTER_PORT), apart from the Redis fixtures' ranges.
-RENDEZVOUS_PORTS = (45000, 45999)
+RENDEZVOUS_PORTS = (28000, 28999)  # below the ephemeral range (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,7 @@ def test_redis_conf_and_auth_include_are_accepted_by_redis(
     password = "Pw-for-the-test.0"
     subprocess.run(["sh", "-c", printf.replace("/run/redis/auth.conf", str(auth))], check=True, timeout=10,
                    env={"REDIS_PASSWORD": password, "PATH": "/usr/bin:/bin"})
-    port = free_ports(1, 31000, 39999)
+    port = free_ports(1, 21000, 22767)
     proc = subprocess.Popen(
         [find_server_binary(), str(conf), "--include", str(auth), "--port", str(port), "--bind", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -48,7 +48,7 @@ def test_minimal_acl_user_runs_up_prefetch_load_rm_through_cli_and_library(
     admin = secret("admin")
     state = tmp_path / "cluster"
     for _ in range(3):  # another test session may grab the ports between the check and the start
-        port = free_ports(3, 31000, 39999)
+        port = free_ports(3, 21000, 22767)
         up = run("up", "--masters", "3", "--replicas", "0", "--port", str(port), "--dir", str(state),
                  "--password-env", "SC_TEST_ADMIN_PASSWORD", env={"SC_TEST_ADMIN_PASSWORD": admin})
         if "in use" not in up.output:

@@ -49,7 +49,7 @@ def tls_cluster(
     tls = TLSFiles(cert_file=pki["cert"], key_file=pki["key"], ca_file=pki["ca"])
     root = tmp_path_factory.mktemp("secure-cluster")
     for attempt in range(5):
-        cluster = LocalCluster(masters=3, replicas=0, port=free_ports(3, 31000, 39999), tls=tls,
+        cluster = LocalCluster(masters=3, replicas=0, port=free_ports(3, 21000, 22767), tls=tls,
                                password=secret("tls"), dir=root / str(attempt))
         try:
             cluster.start(timeout=60)
