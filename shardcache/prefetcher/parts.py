@@ -40,6 +40,7 @@ from .guard import ListingGuard
 from .job import Source, plan_manifest
 from .loading import Job, estimates, stored
 from .lock import take_lock, take_part_lock
+from .manifest_size import check_manifest_size
 from .order import load_order
 from .report import PrefetchReport, ProgressCallback
 from .settings import Settings, open_cache, settings
@@ -159,6 +160,7 @@ def plan_prefetch(
                     src, dataset=dataset, version=version, keys=store.keys, columns=cfg.columns,
                     shard_size=cfg.shard_size, compression=cfg.compression, transform=transform, options=cfg.options,
                 )
+                check_manifest_size(store, planned, shard_size=cfg.shard_size)
                 todo = list(range(planned.manifest.num_shards))
                 fit(store, planned.manifest, todo, planned.estimates, new=True, allow_partial=False)
                 manifest = store.begin(planned.manifest)
