@@ -142,7 +142,8 @@ def plan_prefetch(
 
     Takes the arguments of :func:`~shardcache.prefetcher.run_prefetch` that shape the shards (and
     so the version id); the parts and the commit must be given the same. The capacity check covers
-    the whole version (:class:`CapacityExceeded` before anything is written). Planning a version
+    the whole version (:class:`CapacityExceeded` before anything is written; :class:`ConfigError` for a
+    manifest too large for one Redis value, naming the ``shard_size`` that fits). Planning a version
     already planned returns its plan (with the same ``parts``; another number raises ConfigError),
     and a complete one returns state ``complete``: its parts then only restore evicted shards.
     """
