@@ -25,7 +25,8 @@ import pyarrow as pa
 from ..errors import ManifestCorrupted
 from .keys import MAX_KEY_LENGTH, validate_dataset_name, validate_version
 
-__all__ = ["FileIdentity", "Manifest", "ShardInfo", "SourceSegment", "SourceSpec", "State"]
+__all__ = ["FileIdentity", "Manifest", "ManifestSize", "ShardInfo", "SourceSegment", "SourceSpec", "State",
+           "committed_size"]
 
 FORMAT_VERSION = 1
 State = Literal["loading", "complete"]
@@ -39,6 +40,8 @@ MAX_SEGMENTS_PER_SHARD = 100_000
 # caps the keys that one planted record can make a reader or `rm` walk through.
 MAX_CHUNKS_PER_SHARD = 4096
 MAX_FILES = 10_000_000
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # as to_json writes
+_TTL_BYTES = 32  # "shard_ttl": null may become any float's repr once begun
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,36 @@ class Manifest:
                 dataset=expected_name,
             )
         return manifest
+
+
+@dataclass(frozen=True)
+class ManifestSize:
+    """Bytes of a manifest's JSON once committed (an upper bound): ``total``, of which ``fixed`` (the
+    header, the file list, one source segment per file) stays whatever the number of shards."""
+
+    total: int
+    fixed: int
+
+
+def committed_size(manifest: Manifest, *, max_shard_bytes: int) -> ManifestSize:
+    """How large ``manifest`` (as planned) will be as a ``complete`` manifest, every shard written
+    with at most ``max_shard_bytes`` bytes; computed shard by shard, without building the whole JSON.
+
+    A manifest is one Redis value that every loader GETs and parses: the prefetcher checks this
+    against the largest value Redis and :meth:`Manifest.from_json` accept before writing anything.
+    """
+    # num_rows is written as the sum of the shards' rows, which an empty shard table makes 0.
+    head = manifest.replace(shards=(), state="complete", shard_ttl=None)
+    total = len(head.to_json()) + len(str(manifest.num_rows)) - 1 + _TTL_BYTES
+    fixed = total
+    # A shard not written yet gains its checksum, its size and its chunk count.
+    pending = 16 + len(str(max(max_shard_bytes, 0))) - 1 + len(str(MAX_CHUNKS_PER_SHARD)) - 1
+    uris: set[str] = set()
+    for i, shard in enumerate(manifest.shards):
+        total += len(_ENCODER.encode(_shard_to_dict(shard))) + (1 if i else 0) + (0 if shard.cached else pending)
+        uris.update(seg.uri for seg in shard.source)
+    fixed += sum(len(_ENCODER.encode(uri)) + 6 for uri in uris)  # ["uri",0,1], and a comma
+    return ManifestSize(total=total, fixed=min(fixed, total))
 
 
 # -- (de)serialisation helpers ---------------------------------------------------------

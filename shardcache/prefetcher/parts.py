@@ -40,6 +40,7 @@ from .guard import ListingGuard
 from .job import Source, plan_manifest
 from .loading import Job, estimates, stored
 from .lock import take_lock, take_part_lock
+from .manifest_size import check_manifest_size
 from .order import load_order
 from .report import PrefetchReport, ProgressCallback
 from .settings import Settings, open_cache, settings
@@ -141,7 +142,8 @@ def plan_prefetch(
 
     Takes the arguments of :func:`~shardcache.prefetcher.run_prefetch` that shape the shards (and
     so the version id); the parts and the commit must be given the same. The capacity check covers
-    the whole version (:class:`CapacityExceeded` before anything is written). Planning a version
+    the whole version (:class:`CapacityExceeded` before anything is written; :class:`ConfigError` for a
+    manifest too large for one Redis value, naming the ``shard_size`` that fits). Planning a version
     already planned returns its plan (with the same ``parts``; another number raises ConfigError),
     and a complete one returns state ``complete``: its parts then only restore evicted shards.
     """
@@ -159,6 +161,7 @@ def plan_prefetch(
                     src, dataset=dataset, version=version, keys=store.keys, columns=cfg.columns,
                     shard_size=cfg.shard_size, compression=cfg.compression, transform=transform, options=cfg.options,
                 )
+                check_manifest_size(store, planned, shard_size=cfg.shard_size)
                 todo = list(range(planned.manifest.num_shards))
                 fit(store, planned.manifest, todo, planned.estimates, new=True, allow_partial=False)
                 manifest = store.begin(planned.manifest)

@@ -2,9 +2,10 @@
 
 A run lists the source and computes the version id. If that version is complete and
 every shard is still in Redis, it returns at once. Otherwise it takes the dataset's
-writer lock, plans the shards (or picks up the plan of an interrupted run), checks
-the capacity, writes the ``loading`` manifest, loads the shards not yet cached while
-the next ones are read, and commits the manifest as ``complete``.
+writer lock, plans the shards (or picks up the plan of an interrupted run), checks that
+the manifest fits in one Redis value and the shards in memory, writes the ``loading``
+manifest, loads the shards not yet cached while the next ones are read, and commits the
+manifest as ``complete``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..source.transform import Transform
 from .job import plan_manifest
 from .loading import Job, estimates, stored
 from .lock import take_lock
+from .manifest_size import check_manifest_size
 from .order import load_order
 from .parts import check_part, load_part, pin, refuse_if_in_parts
 from .report import PrefetchReport, ProgressCallback
@@ -153,7 +155,8 @@ def run_prefetch(
     listed (checked when first read and before the commit; nothing is committed), :class:`CapacityExceeded`
     when the data does not fit (before anything is written, or when Redis runs out of
     memory midway: then run again once memory is freed), :class:`DatasetLocked`,
-    :class:`ConfigError`.
+    :class:`ConfigError` (also, before anything is written, when the manifest would be too large for one
+    Redis value: over ``proto-max-bulk-len`` or 256 MiB, naming the ``shard_size`` that fits).
     """
     started = time.monotonic()
     cfg = settings(
@@ -186,6 +189,7 @@ def run_prefetch(
                     shard_size=cfg.shard_size, compression=cfg.compression, transform=transform, options=cfg.options,
                 )
                 manifest, sizes = planned.manifest, planned.estimates
+                check_manifest_size(store, planned, shard_size=cfg.shard_size)  # before anything is written
                 todo = list(range(manifest.num_shards))
             else:
                 manifest = existing

@@ -35,7 +35,7 @@ from ..locks import DatasetLock, Lease, live_leases
 from ..manifest import Manifest, ShardInfo
 from ..retry import RetryPolicy
 from ..urls import CacheURL, resolve_url
-from .capacity import Capacity, NodeMemory, capacity
+from .capacity import Capacity, NodeMemory, capacity, max_value_bytes
 from .catalog import Catalog
 from .removal import delete, writers
 from .session import Session
@@ -343,6 +343,11 @@ class ShardCache:
     def capacity(self) -> Capacity:
         """Used and max memory of every primary, and the eviction policy."""
         return capacity(self.session)
+
+    def max_value_bytes(self) -> int | None:
+        """The largest value (a manifest) every primary accepts: ``proto-max-bulk-len``; None when
+        CONFIG GET is refused (an ACL, a managed service)."""
+        return max_value_bytes(self.session)
 
 
 def _rebuild(session: Session, chunk_size: int, shard_ttl: float | None) -> ShardCache:

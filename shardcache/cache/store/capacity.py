@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import CapacityExceeded, ShardCacheError
+import redis.exceptions as rex
+
+from ...errors import AccessDenied, CapacityExceeded, ShardCacheError
 from ...units import format_bytes
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Capacity", "NodeMemory", "capacity", "capacity_error"]
+__all__ = ["Capacity", "NodeMemory", "capacity", "capacity_error", "max_value_bytes"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,31 @@ def capacity(session: Session) -> Capacity:
             )
         )
     return Capacity(nodes=tuple(nodes))
+
+
+def max_value_bytes(session: Session) -> int | None:
+    """The largest value every primary accepts (``proto-max-bulk-len``, read with CONFIG GET); None
+    when CONFIG is refused (an ACL user without ``+config|get``, a managed service) or says nothing."""
+    client = session.client
+
+    def run() -> Any:
+        if session.is_cluster:
+            primaries = client.get_primaries()  # type: ignore[union-attr]
+            return [client.config_get("proto-max-bulk-len", target_nodes=node) for node in primaries]
+        return [client.config_get("proto-max-bulk-len")]
+
+    try:
+        replies = session.retry_call(run, what="CONFIG GET proto-max-bulk-len")
+    except (AccessDenied, rex.ResponseError) as exc:
+        log.debug("proto-max-bulk-len unknown: %s", exc)
+        return None
+    values = []
+    for reply in replies:
+        raw = reply.get("proto-max-bulk-len") if isinstance(reply, dict) else None
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        if isinstance(text, str) and text.isascii() and text.isdigit():
+            values.append(int(text))
+    return min(values) if values and len(values) == len(replies) else None
 
 
 def capacity_error(
