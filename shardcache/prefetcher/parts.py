@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ..cache.keys import validate_version
+from ..cache.keys import MAX_PARTS, validate_version
 from ..cache.manifest import Manifest
 from ..cache.store import ShardCache
 from ..errors import ConfigError, DatasetNotFound, PrefetchFailed, SourceError
@@ -48,8 +48,6 @@ __all__ = ["MAX_PARTS", "PrefetchPlan", "check_part", "commit_prefetch", "load_p
            "plan_prefetch", "refuse_if_in_parts"]
 
 log = logging.getLogger(__name__)
-
-MAX_PARTS = 4096
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ...errors import ConfigError, DatasetInUse, DatasetLocked, DatasetNotFound, ManifestCorrupted
-from ..keys import validate_dataset_name, validate_version
+from ..keys import MAX_PARTS, validate_dataset_name, validate_version
 from ..locks import dead_local_holder
 from ..manifest import MAX_CHUNKS_PER_SHARD, record_chunks
 from .catalog import Catalog
@@ -25,7 +25,6 @@ __all__ = ["delete", "writers"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_PARTS = 4096  # the parts a version may be loaded in (prefetcher.parts.MAX_PARTS)
 
 # KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..]. A key of the wrong
 # type (planted by something else) is deleted rather than left to make every `rm` fail: a lease set
