@@ -150,7 +150,7 @@ def plan_prefetch(
     store, owned = open_cache(cache)
     try:
         src, version = cfg.list_source(source)
-        with take_lock(store, dataset, wait=cfg.wait):
+        with take_lock(store, dataset, version=version, wait=cfg.wait):
             manifest = stored(store, dataset, version)
             if manifest is None:
                 planned = plan_manifest(
@@ -264,7 +264,7 @@ def commit_prefetch(
         src, listed = cfg.list_source(source)
         pin(listed, version, dataset=dataset)
         report = PrefetchReport(dataset=dataset, version=listed)
-        with take_lock(store, dataset, wait=cfg.wait) as lock:
+        with take_lock(store, dataset, version=listed, wait=cfg.wait) as lock:
             manifest = stored(store, dataset, listed)
             if manifest is None:
                 raise _not_planned(dataset, listed)

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import redis.exceptions as rex
@@ -50,6 +50,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
+# KEYS: manifest. Run after the chunks of a shard of a committed version are written (evicted shards
+# restored, a loader's write-back): `rm` may have removed the version meanwhile, and its chunks must
+# then go too (they would hold memory, with their TTL, that no manifest names and no `rm` finds).
+_PRESENT = "return redis.call('EXISTS', KEYS[1])"
 
 
 class Shards:
@@ -104,6 +108,8 @@ class Shards:
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
         if loading:
             self._record(manifest, index, shard_record(written), written=len(chunks))
+        elif not int(session.call("EVAL", _PRESENT, 1, keys.manifest(manifest.name, manifest.version))):
+            self._removed(manifest, index, written=len(chunks))
         session.stats.add(bytes_written=nbytes, shards_written=1)
         return written
 
@@ -114,8 +120,14 @@ class Shards:
         name, version = manifest.name, manifest.version
         kept = session.call("EVAL", _RECORD, 2, keys.manifest(name, version), keys.done(name, version),
                             str(index), record)
-        if int(kept):
-            return
+        if not int(kept):
+            self._removed(manifest, index, written=written)
+
+    def _removed(self, manifest: Manifest, index: int, *, written: int) -> NoReturn:
+        """UNLINK the first ``written`` chunks of shard ``index`` of a version removed while they were
+        written, and raise DatasetNotFound."""
+        session, keys = self.session, self.session.keys
+        name, version = manifest.name, manifest.version
         for c in range(written):
             session.call("UNLINK", keys.chunk(manifest.shards[index].key, c))
         raise DatasetNotFound(
