@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from shardcache.cache import ShardCache, connect
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
-from shardcache.errors import ConfigError, DatasetLocked, DatasetNotFound, SourceError
+from shardcache.errors import CapacityExceeded, ConfigError, DatasetLocked, DatasetNotFound, SourceError
 from shardcache.prefetcher import Progress, plan_prefetch, run_prefetch
 
 from .conftest import cached_ids, image_table, kill_at, write_parquet_files
@@ -464,3 +464,26 @@ def test_a_resumed_prefetch_of_an_older_loading_version_is_its_writer_for_info_a
     prefix = f"{cache.keys.prefix}s:{cache.keys.encode(dataset_name)}:{older}:"
     assert shard_keys(cache, dataset_name)
     assert all(k.startswith(prefix) for k in shard_keys(cache, dataset_name))
+
+
+@pytest.mark.slow
+def test_a_shard_its_version_cannot_record_leaves_no_chunk_behind(  # type: ignore[no-untyped-def]
+    cluster_factory, tmp_path: Path
+) -> None:
+    # A node full under noeviction takes no record; the shards that fit on the others must not stay
+    # there unrecorded (a version committed under allow_partial would never name them again).
+    cluster = cluster_factory(masters=3, replicas=0, maxmemory="200mb", maxmemory_policy="noeviction")
+    write_parquet_files(tmp_path / "src", files=2, rows=200)
+    with connect(cluster.url) as cache:
+        plan = plan_prefetch(tmp_path / "src", dataset="full", cache=cache, parts=1, shard_size="8KiB")
+        loading = cache.manifest("full", plan.version)
+        meta_node = cache.node_of(cache.keys.manifest("full", plan.version))
+        index = next(s.index for s in loading.shards if cache.node_of(s.key) != meta_node)
+        assert meta_node is not None
+        for node in cache.client.get_primaries():  # type: ignore[union-attr]
+            if f"{node.host}:{node.port}" == meta_node:
+                cache.client.config_set("maxmemory", "1", target_nodes=node)  # type: ignore[call-arg]
+        with pytest.raises(CapacityExceeded):
+            cache.put_shard(loading, index, b"x" * 1000)
+        assert shard_keys(cache, "full") == []  # on no primary
+        assert cache.manifest("full", plan.version).cached_shards == 0
