@@ -109,7 +109,7 @@ def test_eviction_while_a_prefetch_writes_is_in_use_and_fails_only_if_asked(
     thread = threading.Thread(target=prefetcher, name="prefetcher")
     thread.start()
     try:
-        assert holding.wait(30)
+        assert holding.wait(30), outcome
         (version,) = cache.versions(dataset)
         eviction = steps.evict_dataset(cache, dataset=dataset)
         assert (eviction.status, eviction.removed, eviction.leases) == ("in_use", (), ())

@@ -193,7 +193,7 @@ def test_rm_refuses_while_a_prefetch_loads_and_force_leaves_nothing_behind(
     thread = threading.Thread(target=prefetcher, name="prefetcher")
     thread.start()
     try:
-        assert holding.wait(30)
+        assert holding.wait(30), outcome
         refused = cli_run("rm", dataset_name, "--redis", redis_url)
         assert refused.exit_code == 1
         assert "Traceback" not in refused.output
@@ -368,14 +368,14 @@ def test_rm_refuses_while_a_prefetch_restores_a_committed_version_and_force_leav
         with connect(redis_url) as c:
             try:
                 outcome["report"] = run_prefetch(tmp_path, dataset=dataset_name, cache=c, shard_size="8KiB",
-                                                 workers=1, progress=slow)
+                                                 workers=1, max_inflight="8KiB", progress=slow)
             except BaseException as exc:
                 outcome["error"] = exc
 
     thread = threading.Thread(target=prefetcher, name="prefetcher")
     thread.start()
     try:
-        assert holding.wait(30)
+        assert holding.wait(30), outcome
         for args in (["--version", committed.version], []):
             refused = cli_run("rm", dataset_name, "--redis", redis_url, *args)
             assert refused.exit_code == 1, refused.output
@@ -411,9 +411,11 @@ def test_a_resumed_prefetch_of_an_older_loading_version_is_its_writer_for_info_a
 
     for src in (first, second):
         with pytest.raises(KeyboardInterrupt):
-            run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="8KiB", workers=1, progress=stop)
+            run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="8KiB", workers=1, max_inflight="8KiB",
+                         progress=stop)
     older, newer = cache.versions(dataset_name)
     assert cache.latest_version(dataset_name) == newer
+    assert 0 < cache.manifest(dataset_name, older).cached_shards < cache.manifest(dataset_name, older).num_shards
     assert {cache.manifest(dataset_name, v).state for v in (older, newer)} == {"loading"}
 
     holding, release = threading.Event(), threading.Event()
@@ -428,14 +430,14 @@ def test_a_resumed_prefetch_of_an_older_loading_version_is_its_writer_for_info_a
         with connect(redis_url) as c:
             try:
                 outcome["report"] = run_prefetch(first, dataset=dataset_name, cache=c, shard_size="8KiB",
-                                                 workers=1, progress=slow)
+                                                 workers=1, max_inflight="8KiB", progress=slow)
             except BaseException as exc:
                 outcome["error"] = exc
 
     thread = threading.Thread(target=prefetcher, name="prefetcher")
     thread.start()
     try:
-        assert holding.wait(30)
+        assert holding.wait(30), outcome
         assert cache.latest_version(dataset_name) == newer
         assert len(cache.writers(dataset_name, older)) == 1
         assert cache.writers(dataset_name, older)[0].startswith(
