@@ -21,9 +21,10 @@ from urllib.parse import quote, unquote
 
 from ..errors import ConfigError
 
-__all__ = ["KeySpace", "check_dataset_name", "validate_dataset_name", "validate_version"]
+__all__ = ["MAX_PARTS", "KeySpace", "check_dataset_name", "validate_dataset_name", "validate_version"]
 
 MAX_NAME_LENGTH = 200
+MAX_PARTS = 4096  # the parts a version may be loaded in (one part lock each)
 MAX_KEY_LENGTH = 1024  # the longest shard key a manifest may record
 # A shard key (prefix, name, version, index) must stay within MAX_KEY_LENGTH: 600 keeps every ASCII
 # name of 200 characters, even one of symbols (3 each encoded), with room for the longest prefix and version.

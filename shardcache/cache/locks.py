@@ -24,7 +24,7 @@ from ..checks import check_number
 from ..errors import DatasetLocked, ShardCacheError
 from .keys import validate_version
 
-__all__ = ["DatasetLock", "Lease", "dead_local_holder", "delete_if_held", "live_leases"]
+__all__ = ["DatasetLock", "Lease", "dead_local_holder", "delete_if_held", "live_leases", "lock_version"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,22 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 Call = Callable[..., Any]
 
 
-def _holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _holder(version: str | None = None) -> str:
+    """A new token ``HOST:PID:HEX``, or ``HOST:PID:HEX:VERSION`` for a lock taken to write ``version``."""
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return token if version is None else f"{token}:{validate_version(version)}"
+
+
+def lock_version(token: str) -> str | None:
+    """The version a writer lock's holder writes, from its token (``HOST:PID:HEX:VERSION``); None when
+    the token names none (a lock taken without a version, or by an older shardcache)."""
+    fields = token.split(":")
+    if len(fields) != 4:
+        return None
+    try:
+        return validate_version(fields[3])
+    except ShardCacheError:
+        return None
 
 
 def dead_local_holder(token: str) -> bool:
@@ -150,13 +164,17 @@ class DatasetLock:
     ...     ...
     """
 
-    def __init__(self, *, call: Call, key: str, dataset: str, ttl: float = 30.0, what: str = "") -> None:
+    def __init__(
+        self, *, call: Call, key: str, dataset: str, ttl: float = 30.0, what: str = "", version: str | None = None
+    ) -> None:
         self._call = call
         self.key = key
         self.dataset = dataset
         self.what = what or f"dataset {dataset!r}"  # what the lock guards, in messages
         self.ttl_ms = _ttl_ms(ttl)
-        self.token = _holder()
+        # The version the holder writes rides in the token (so it lives and expires with the lock):
+        # `rm` and `info` tell which version a prefetch is loading, whatever `latest` names.
+        self.token = _holder(version)
         self._renewer: _Renewer | None = None
 
     def acquire(self, *, wait: float = 0.0, poll: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> None:

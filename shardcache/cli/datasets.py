@@ -117,7 +117,7 @@ def info(
 @click.option("--version", "version", default=None, help="Remove only this version.")
 @click.option("--all-old", is_flag=True,
               help="Remove every version but the newest (and the newest complete one while the newest loads).")
-@click.option("--force", is_flag=True, help="Remove even while a reader holds a lease or a prefetch is loading it.")
+@click.option("--force", is_flag=True, help="Remove even while a reader holds a lease or a prefetch is writing it.")
 def rm(
     dataset: str, redis_url: str | None, state_dir: str, k8s_service: str | None, k8s_secret: str | None,
     version: str | None, all_old: bool, force: bool,

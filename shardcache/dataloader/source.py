@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..cache import Manifest, ShardCache, decode_payload
 from ..cache.bulk import Into
-from ..errors import CacheUnavailable, ShardCacheError, ShardCorrupted, ShardMissing, SourceError
+from ..errors import CacheUnavailable, DatasetNotFound, ShardCacheError, ShardCorrupted, ShardMissing, SourceError
 from .stats import Counters
 
 __all__ = ["ShardSource"]
@@ -115,22 +115,18 @@ class ShardSource:
         # uncached, and one cut into other chunks (another chunk size) is not written over the record.
         if manifest.state == "complete" and (not shard.cached or chunks != shard.chunks):
             return
+        if self._removed:
+            return
         try:
-            if not self._version_present():
-                return
             self.cache.put_shard(manifest, index, payload)
+        except DatasetNotFound:
+            # Removed mid-epoch (``rm --force``): put_shard found the manifest gone after writing and
+            # removed what it wrote; the version stays removed, so nothing more is written back for it.
+            self._removed = True
+            log.info("%r version %s was removed: rebuilt shards are not written back", manifest.name,
+                     manifest.version)
+            return
         except ShardCacheError as exc:  # the batch is built anyway; the next reader reads through again
             log.warning("could not write shard %d of %r back to the cache: %s", index, manifest.name, exc)
             return
         self.counters.add(written_back=1)
-
-    def _version_present(self) -> bool:
-        """Whether the version's manifest is still in Redis. A version removed mid-epoch (``rm --force``)
-        stays removed: shards written back for it would be orphans that nothing ever deletes."""
-        if not self._removed:
-            key = self.cache.keys.manifest(self.manifest.name, self.manifest.version)
-            self._removed = not self.cache.call("EXISTS", key)
-            if self._removed:
-                log.info("%r version %s was removed: rebuilt shards are not written back",
-                         self.manifest.name, self.manifest.version)
-        return not self._removed

@@ -265,22 +265,25 @@ def evict_op(
 ) -> NamedTuple(  # type: ignore[valid-type]  # KFP needs the call form
     "Eviction", [("status", str), ("removed", list)]
 ):
-    """Remove a dataset version from the cache, unless a reader holds a live lease on it.
+    """Remove a dataset version from the cache, unless a reader holds a live lease on it or a
+    prefetch is writing it.
 
-    A dataset in use is not removed and the step succeeds with status 'in_use' (set
-    fail_if_in_use to fail instead): eviction is housekeeping, and a training job
-    still reading the data is not an error. Run it again once the job has finished.
+    A dataset in use (read by a training job, or a version being written by a prefetch) is not
+    removed and the step succeeds with status 'in_use' (set fail_if_in_use to fail instead):
+    eviction is housekeeping, and a job still using the data is not an error. Run it again
+    once the job has finished.
 
     Args:
         dataset: The dataset's name in the cache.
-        version: The version id. Empty: every version (or, with all_old, every version but the newest).
-        all_old: Remove every version but the newest.
-        fail_if_in_use: Fail the step when a live lease keeps the data.
+        version: The version id. Empty: every version (or, with all_old, the old versions).
+        all_old: Remove every version but the newest, and while the newest is loading, but the
+            newest complete one too.
+        fail_if_in_use: Fail the step when a live lease or a writing prefetch keeps the data.
         redis_url: The cache URL, without a password (see prefetch_op).
         k8s_service: A Service fronting the cache (see prefetch_op).
         k8s_secret: A Secret holding the password (see prefetch_op).
         namespace: The namespace of k8s_service and k8s_secret. Empty: the pod's own.
-        report: What was removed, or who holds the data.
+        report: What was removed, or who holds or writes the data.
 
     Returns:
         status ('removed', 'in_use', 'not_found' or 'nothing'), removed (the version ids removed).

@@ -6,8 +6,8 @@ result to :func:`publish`, which writes the KFP ``Metrics`` and ``Markdown`` out
 * :func:`dataset_status`: the manifest's state and whether every shard key is present
   (one ``EXISTS`` per key; nothing is read).
 * :func:`verify_dataset`: every cached shard is read and its xxh3-64 checksum checked.
-* :func:`evict_dataset`: removal that respects leases; a dataset a reader still
-  holds is reported ``in_use`` and left alone.
+* :func:`evict_dataset`: removal that respects leases and writers; a dataset a reader still
+  holds, or a version a prefetch is writing, is reported ``in_use`` and left alone.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..errors import (
     CacheUnavailable,
     ConfigError,
     DatasetInUse,
+    DatasetLocked,
     DatasetNotFound,
     ShardCorrupted,
     ShardMissing,
@@ -210,15 +211,19 @@ class DatasetStatus:
 
 @dataclass(frozen=True)
 class Eviction:
-    """What ``evict_op`` did: ``removed``, ``in_use`` (a live lease), ``not_found`` or ``nothing``."""
+    """What ``evict_op`` did: ``removed``, ``in_use`` (a live lease, or a prefetch writing a version to
+    remove: ``writer`` says which), ``not_found`` or ``nothing``."""
 
     dataset: str
     status: str
     removed: tuple[str, ...] = ()
     leases: tuple[str, ...] = ()
+    writer: str = ""  # who writes a version to remove, and what to do (the refusal's message)
 
     def check(self) -> None:
-        """Raise DatasetInUse when a live lease kept the data."""
+        """Raise DatasetInUse when a live lease kept the data, DatasetLocked when a writer did."""
+        if self.status == "in_use" and self.writer:
+            raise DatasetLocked(f"dataset {self.dataset!r} was not removed: {self.writer}", dataset=self.dataset)
         if self.status == "in_use":
             raise DatasetInUse(
                 f"dataset {self.dataset!r} was not removed: {len(self.leases)} reader(s) hold a live lease "
@@ -233,6 +238,8 @@ class Eviction:
         head = f"# Eviction of `{_code(self.dataset)}`\n\n"
         if self.status == "removed":
             return head + f"Removed version(s): {', '.join(f'`{v}`' for v in self.removed)}.\n"
+        if self.status == "in_use" and self.writer:
+            return head + f"Not removed: {_cell(self.writer)}. Run the eviction again once it is done.\n"
         if self.status == "in_use":
             holders = ", ".join(f"`{_code(h)}`" for h in self.leases[:10])
             return head + (
@@ -311,7 +318,8 @@ def verify_dataset(cache: ShardCache, *, dataset: str, version: str = "") -> Dat
 
 
 def evict_dataset(cache: ShardCache, *, dataset: str, version: str = "", all_old: bool = False) -> Eviction:
-    """Remove ``version`` (default: every version) unless a reader holds a live lease on it."""
+    """Remove ``version`` (default: every version) unless a reader holds a live lease on it or a prefetch
+    is writing it (both: status ``in_use``)."""
     if version and all_old:
         raise ConfigError(f"version={version!r} and all_old=True: pass one of them")
     try:
@@ -319,6 +327,9 @@ def evict_dataset(cache: ShardCache, *, dataset: str, version: str = "", all_old
     except DatasetInUse as exc:
         log.warning("dataset %r is in use by %d reader(s); not removed", dataset, len(exc.leases))
         return Eviction(dataset=dataset, status="in_use", leases=tuple(exc.leases))
+    except DatasetLocked as exc:  # a prefetch (or a part of one) is writing a version to remove
+        log.warning("dataset %r: %s; not removed", dataset, exc)
+        return Eviction(dataset=dataset, status="in_use", writer=str(exc))
     except DatasetNotFound:
         return Eviction(dataset=dataset, status="not_found")
     return Eviction(dataset=dataset, status="removed" if removed else "nothing", removed=tuple(removed))

@@ -37,16 +37,17 @@ def _take_over(store: ShardCache, key: str, what: str) -> bool:
     return True
 
 
-def take_lock(store: ShardCache, dataset: str, *, wait: float) -> DatasetLock:
-    """The writer lock; a lock left by a dead process on this host is taken over at once.
+def take_lock(store: ShardCache, dataset: str, *, version: str, wait: float) -> DatasetLock:
+    """The writer lock, taken to write ``version`` (its token names it: `rm` and `info` see which
+    version the prefetch writes); a lock left by a dead process on this host is taken over at once.
 
     A prefetcher killed with SIGKILL cannot release its lock, which then lives until its
     TTL passes. When the holder ran on this host and its process is gone, waiting would
     only delay the re-run, so the stale lock is removed (compare-and-delete).
     """
     try:
-        return store.lock(dataset, wait=0.0, ttl=LOCK_TTL)
+        return store.lock(dataset, wait=0.0, ttl=LOCK_TTL, version=version)
     except DatasetLocked:
         if not _take_over(store, store.keys.lock(dataset), f"dataset {dataset!r}") and wait <= 0:
             raise
-    return store.lock(dataset, wait=wait, ttl=LOCK_TTL)
+    return store.lock(dataset, wait=wait, ttl=LOCK_TTL, version=version)

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ..cache.keys import validate_version
+from ..cache.keys import MAX_PARTS, validate_version
 from ..cache.manifest import Manifest
 from ..cache.store import ShardCache
 from ..errors import ConfigError, DatasetNotFound, PrefetchFailed, SourceError
@@ -49,8 +49,6 @@ __all__ = ["MAX_PARTS", "PrefetchPlan", "check_part", "commit_prefetch", "load_p
            "plan_prefetch", "refuse_if_in_parts"]
 
 log = logging.getLogger(__name__)
-
-MAX_PARTS = 4096
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def plan_prefetch(
     store, owned = open_cache(cache)
     try:
         src, version = cfg.list_source(source)
-        with take_lock(store, dataset, wait=cfg.wait):
+        with take_lock(store, dataset, version=version, wait=cfg.wait):
             manifest = stored(store, dataset, version)
             if manifest is None:
                 planned = plan_manifest(
@@ -269,7 +267,7 @@ def commit_prefetch(
         src, listed = cfg.list_source(source)
         pin(listed, version, dataset=dataset)
         report = PrefetchReport(dataset=dataset, version=listed)
-        with take_lock(store, dataset, wait=cfg.wait) as lock:
+        with take_lock(store, dataset, version=listed, wait=cfg.wait) as lock:
             manifest = stored(store, dataset, listed)
             if manifest is None:
                 raise _not_planned(dataset, listed)

@@ -14,9 +14,10 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import queue as queue_module
+import threading
 import time
 from collections.abc import Sequence
+from multiprocessing import connection
 from typing import Any
 
 from ..cache.store import ShardCache
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 # The arguments of run_prefetch that shape the version, which the plan and the commit take too.
 _SHAPING = ("format", "shard_size", "compression", "transform", "columns", "label", "wait", "filesystem")
-_GRACE_S = 1.0  # how long a part's last message may trail its exit
 
 
 def parallel_prefetch(
@@ -101,49 +101,58 @@ def _run_parts(
     source: str | os.PathLike[str], *, dataset: str, cache: ShardCache | str | None, version: str, parts: int,
     progress: ProgressCallback | None, options: dict[str, Any],
 ) -> tuple[list[PrefetchReport], list[BaseException], list[str]]:
-    """Run every part in its own process: ``(reports, errors raised, parts that died without a word)``."""
+    """Run every part in its own process: ``(reports, errors raised, parts that died without a word)``.
+
+    Each part has a pipe of its own, which it writes synchronously and only it holds the write end of:
+    all it sent is in the pipe before it exits, and its exit ends the pipe. A part that ends it (exits, or
+    is killed, even midway through a message) without a last report died; one killed part never blocks
+    the others (a shared ``multiprocessing.Queue`` has one write lock, which a part killed while its
+    feeder thread holds it never releases, and then every other part hangs on it).
+    """
     ctx = _context()
-    messages: Any = ctx.Queue()
+    pipes = [ctx.Pipe(duplex=False) for _ in range(parts)]
     procs = {
         part: ctx.Process(target=_part_main, name=f"shardcache-prefetch-part-{part}", daemon=True,
-                          args=(messages, part, parts, os.fspath(source), dataset, cache, version, options))
+                          args=(pipes[part][1], part, parts, os.fspath(source), dataset, cache, version, options))
         for part in range(parts)
     }
     latest: dict[int, Progress] = {}
     reports: list[PrefetchReport] = []
     errors: list[BaseException] = []
     died: list[str] = []
-    silent_since: dict[int, float] = {}
     try:
-        for proc in procs.values():
+        for part, proc in procs.items():
             proc.start()
-        pending = set(procs)
+            pipes[part][1].close()  # the part holds the only write end now
+        pending: dict[Any, int] = {pipes[part][0]: part for part in procs}
         while pending:
-            try:
-                kind, part, payload = messages.get(timeout=0.2)
-            except queue_module.Empty:
-                now = time.monotonic()
-                for part in sorted(pending):
-                    if procs[part].exitcode is None:
-                        continue
-                    if now - silent_since.setdefault(part, now) > _GRACE_S:
-                        pending.discard(part)
-                        died.append(f"{part} (exit code {procs[part].exitcode})")
-                continue
-            if kind == "progress":
-                latest[part] = payload
-                if progress is not None:
-                    progress(_combined(latest.values()))
-                continue
-            pending.discard(part)
-            (reports if kind == "done" else errors).append(payload)
+            ready: list[Any] = connection.wait(list(pending))
+            for conn in ready:
+                part = pending[conn]
+                try:
+                    message: tuple[str, int, Any] = conn.recv()
+                except (EOFError, OSError):  # the pipe ended without a last report: the part died
+                    del pending[conn]
+                    procs[part].join(timeout=5)
+                    died.append(f"{part} (exit code {procs[part].exitcode})")
+                    continue
+                kind, _, payload = message
+                if kind == "progress":
+                    latest[part] = payload
+                    if progress is not None:
+                        progress(_combined(latest.values()))
+                    continue
+                del pending[conn]
+                (reports if kind == "done" else errors).append(payload)
     finally:
         for proc in procs.values():
             proc.join(timeout=5)
             if proc.is_alive():  # interrupted: stop the others, their parts resume on the next run
                 proc.terminate()
                 proc.join()
-        messages.close()
+        for reader, writer in pipes:
+            reader.close()
+            writer.close()
     return reports, errors, died
 
 
@@ -169,11 +178,18 @@ def _combined(parts: Sequence[Progress] | Any) -> Progress:
     )
 
 
-def _part_main(messages: Any, part: int, parts: int, source: str, dataset: str, cache: ShardCache | str | None,
+def _part_main(pipe: Any, part: int, parts: int, source: str, dataset: str, cache: ShardCache | str | None,
                version: str, options: dict[str, Any]) -> None:
-    """One part, in its own process: its progress and its report (or error) go back on ``messages``."""
+    """One part, in its own process: its progress and its report (or error) go back through ``pipe``
+    (sent at once, not by a feeder thread: all of it is in the pipe before the process exits)."""
+    sending = threading.Lock()  # one message at a time, whichever thread reports
+
+    def send(message: tuple[str, int, Any]) -> None:
+        with sending:
+            pipe.send(message)
+
     def progress(p: Progress) -> None:
-        messages.put(("progress", part, p))
+        send(("progress", part, p))
 
     # Metrics from the environment (shardcache.metrics): each part serves on SHARDCACHE_METRICS_PORT + part
     # and pushes a group of its own, as the local ranks of a torchrun pod do; else the parts would share one.
@@ -182,10 +198,10 @@ def _part_main(messages: Any, part: int, parts: int, source: str, dataset: str, 
         report = run_prefetch(source, dataset=dataset, cache=cache, part=part, parts=parts, version=version,
                               progress=progress, **options)
         report.manifest = None  # the parent reads the committed one
-        messages.put(("done", part, report))
+        send(("done", part, report))
     except BaseException as exc:  # handed to the parent, which raises it once the other parts are done
         try:
             pickle.dumps(exc)
         except Exception:
             exc = ShardCacheError(f"part {part}: {type(exc).__name__}: {exc}")
-        messages.put(("error", part, exc))
+        send(("error", part, exc))

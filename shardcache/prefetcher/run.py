@@ -181,7 +181,7 @@ def run_prefetch(
         existing = stored(store, dataset, version)
         if existing is not None and existing.complete and not job.todo(existing):
             return job.finish(existing, started, noop=True)
-        with take_lock(store, dataset, wait=wait) as lock:
+        with take_lock(store, dataset, version=version, wait=wait) as lock:
             existing = stored(store, dataset, version)  # another prefetcher may have finished meanwhile
             if existing is None:
                 planned = plan_manifest(

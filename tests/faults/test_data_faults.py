@@ -100,3 +100,7 @@ def test_dataset_removed_with_force_mid_epoch_is_read_through(cache: ShardCache,
     # Nothing is written back for a removed version: rm stays removed.
     assert stats.written_back == 0, stats
     assert cache.datasets().count(manifest.name) == 0
+    # Not a chunk of it stays on any primary (a write-back racing the removal undoes itself).
+    pattern = f"{cache.keys.prefix}s:{cache.keys.encode(manifest.name)}:*"
+    for node in cache.client.get_primaries():  # type: ignore[union-attr]
+        assert cache.client.keys(pattern, target_nodes=node) == []  # type: ignore[call-arg]

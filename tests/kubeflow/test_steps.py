@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from shardcache.cache import ShardCache, connect
-from shardcache.errors import ConfigError, DatasetInUse, DatasetNotFound, ShardCorrupted, ShardMissing
-from shardcache.kubeflow_components import steps
+from shardcache.errors import (
+    ConfigError,
+    DatasetInUse,
+    DatasetLocked,
+    DatasetNotFound,
+    ShardCorrupted,
+    ShardMissing,
+)
+from shardcache.kubeflow_components import ops, steps
+from shardcache.prefetcher import Progress, run_prefetch
 
 from .conftest import SHARD_SIZE
 
@@ -75,6 +85,52 @@ def test_eviction_outcomes(cache: ShardCache, dataset: str, cached: str) -> None
     assert steps.evict_dataset(cache, dataset=dataset).status == "not_found"
     with pytest.raises(ConfigError, match="pass one of them"):
         steps.evict_dataset(cache, dataset=dataset, version=cached, all_old=True)
+
+
+def test_eviction_while_a_prefetch_writes_is_in_use_and_fails_only_if_asked(
+    redis_url: str, cache: ShardCache, train_data: Path, dataset: str, tmp_path: Path
+) -> None:
+    holding, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def slow(p: Progress) -> None:
+        if p.shards_done >= 1:
+            holding.set()
+            release.wait(30)
+
+    def prefetcher() -> None:
+        with connect(redis_url) as c:
+            try:
+                outcome["report"] = run_prefetch(train_data, dataset=dataset, cache=c, shard_size=SHARD_SIZE,
+                                                 workers=1, progress=slow)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=prefetcher, name="prefetcher")
+    thread.start()
+    try:
+        assert holding.wait(30), outcome
+        (version,) = cache.versions(dataset)
+        eviction = steps.evict_dataset(cache, dataset=dataset)
+        assert (eviction.status, eviction.removed, eviction.leases) == ("in_use", (), ())
+        assert f"version {version} of {dataset!r} is still loading: a prefetch is writing it" in eviction.writer
+        assert eviction.metrics()["in_use"] == 1
+        assert "Not removed: version" in eviction.markdown()
+        with pytest.raises(DatasetLocked, match="is still loading"):
+            eviction.check()
+        assert steps.evict_dataset(cache, dataset=dataset, all_old=True).status == "nothing"  # the newest stays
+        # The component: succeeds with status 'in_use', or fails when fail_if_in_use is set.
+        report = SimpleNamespace(path=str(tmp_path / "report.md"))
+        assert ops.evict_op(dataset=dataset, redis_url=redis_url, report=report) == ("in_use", [])
+        assert "a prefetch is writing it" in Path(report.path).read_text()
+        with pytest.raises(DatasetLocked, match="a prefetch is writing it"):
+            ops.evict_op(dataset=dataset, redis_url=redis_url, fail_if_in_use=True, report=report)
+        assert cache.manifest(dataset, version).state == "loading"  # nothing was removed
+    finally:
+        release.set()
+        thread.join(60)
+    assert getattr(outcome.get("report"), "state", None) == "complete", outcome
+    assert steps.evict_dataset(cache, dataset=dataset).removed == (version,)
 
 
 def test_reports_escape_markdown() -> None:

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from shardcache.cache import ShardCache, connect
 from shardcache.cli import cli
 from shardcache.dataloader import CachedDataLoader
-from shardcache.errors import ConfigError, DatasetLocked, DatasetNotFound, SourceError
+from shardcache.errors import CapacityExceeded, ConfigError, DatasetLocked, DatasetNotFound, SourceError
 from shardcache.prefetcher import Progress, plan_prefetch, run_prefetch
 
 from .conftest import cached_ids, image_table, kill_at, write_parquet_files
@@ -193,7 +193,7 @@ def test_rm_refuses_while_a_prefetch_loads_and_force_leaves_nothing_behind(
     thread = threading.Thread(target=prefetcher, name="prefetcher")
     thread.start()
     try:
-        assert holding.wait(30)
+        assert holding.wait(30), outcome
         refused = cli_run("rm", dataset_name, "--redis", redis_url)
         assert refused.exit_code == 1
         assert "Traceback" not in refused.output
@@ -327,3 +327,165 @@ def test_rm_all_old_keeps_the_last_committed_version_while_the_newest_failed(
     assert cache.delete(dataset_name, all_old=True) == [oldest.version]
     assert cache.versions(dataset_name) == [committed.version, failed.version]
     assert cached_ids(cache, cache.manifest(dataset_name, committed.version)) == list(range(900))
+
+
+def test_a_write_into_a_committed_version_after_rm_leaves_no_orphan_chunk(
+    cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path, files=2, rows=200)
+    committed = run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="8KiB").manifest
+    assert committed is not None
+    assert committed.complete
+    payload = cache.get_payload(committed, 0)
+    # A writer read the committed manifest (a loader writing a shard back, a part restoring it), then
+    # `rm` removed the version before its write landed: the write finds the version gone and undoes itself.
+    assert cache.delete(dataset_name) == [committed.version]
+    assert keys_of(cache, dataset_name) == []
+    with pytest.raises(DatasetNotFound, match="was removed"):
+        cache.put_shard(committed, 0, payload)
+    assert keys_of(cache, dataset_name) == []  # no chunk on any primary, none waiting out a TTL
+
+
+def test_rm_refuses_while_a_prefetch_restores_a_committed_version_and_force_leaves_nothing(
+    redis_url: str, cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path, files=2, rows=200)
+    committed = run_prefetch(tmp_path, dataset=dataset_name, cache=cache, shard_size="8KiB").manifest
+    assert committed is not None
+    assert committed.complete
+    assert committed.num_shards >= 4
+    for key in shard_keys(cache, dataset_name):  # every shard evicted: the next prefetch restores them
+        cache.client.delete(key)
+    holding, release = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | object] = {}
+
+    def slow(p: Progress) -> None:
+        if p.shards_done >= 2:
+            holding.set()
+            release.wait(30)
+
+    def prefetcher() -> None:
+        with connect(redis_url) as c:
+            try:
+                outcome["report"] = run_prefetch(tmp_path, dataset=dataset_name, cache=c, shard_size="8KiB",
+                                                 workers=1, max_inflight="8KiB", progress=slow)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=prefetcher, name="prefetcher")
+    thread.start()
+    try:
+        assert holding.wait(30), outcome
+        for args in (["--version", committed.version], []):
+            refused = cli_run("rm", dataset_name, "--redis", redis_url, *args)
+            assert refused.exit_code == 1, refused.output
+            assert "Traceback" not in refused.output
+            line = refused.stderr.strip()
+            assert len(line.splitlines()) == 1
+            assert f"version {committed.version} of {dataset_name!r} is being written: a prefetch is writing it" in line
+            assert f"`shardcache rm {' '.join([dataset_name, *args, '--force'])}`" in line
+        assert cache.manifest(dataset_name) == committed  # nothing was removed
+        forced = cli_run("rm", dataset_name, "--redis", redis_url, "--version", committed.version, "--force")
+        assert forced.exit_code == 0, forced.output
+    finally:
+        release.set()
+        thread.join(60)
+    error = outcome.get("error")
+    assert isinstance(error, DatasetNotFound), outcome
+    assert "was removed" in str(error)
+    # It wrote on after `rm` until it found the version gone: none of it stays, on any primary.
+    assert keys_of(cache, dataset_name) == []
+    assert dataset_name not in cache.datasets()
+
+
+def test_a_resumed_prefetch_of_an_older_loading_version_is_its_writer_for_info_and_rm(
+    redis_url: str, cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_parquet_files(first, files=2, rows=200)
+    write_parquet_files(second, files=3, rows=200)
+
+    def stop(p: Progress) -> None:
+        if p.shards_done >= 2:
+            raise KeyboardInterrupt  # the prefetch is stopped midway: its version stays loading
+
+    for src in (first, second):
+        with pytest.raises(KeyboardInterrupt):
+            run_prefetch(src, dataset=dataset_name, cache=cache, shard_size="8KiB", workers=1, max_inflight="8KiB",
+                         progress=stop)
+    older, newer = cache.versions(dataset_name)
+    assert cache.latest_version(dataset_name) == newer
+    assert 0 < cache.manifest(dataset_name, older).cached_shards < cache.manifest(dataset_name, older).num_shards
+    assert {cache.manifest(dataset_name, v).state for v in (older, newer)} == {"loading"}
+
+    holding, release = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | object] = {}
+
+    def slow(p: Progress) -> None:
+        if p.shards_done - p.skipped >= 1:
+            holding.set()
+            release.wait(30)
+
+    def prefetcher() -> None:  # resumes the older version: `begin` is not called, `latest` stays the newer
+        with connect(redis_url) as c:
+            try:
+                outcome["report"] = run_prefetch(first, dataset=dataset_name, cache=c, shard_size="8KiB",
+                                                 workers=1, max_inflight="8KiB", progress=slow)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=prefetcher, name="prefetcher")
+    thread.start()
+    try:
+        assert holding.wait(30), outcome
+        assert cache.latest_version(dataset_name) == newer
+        assert len(cache.writers(dataset_name, older)) == 1
+        assert cache.writers(dataset_name, older)[0].startswith(
+            f"a prefetch is writing it ({socket.gethostname()}:{os.getpid()}:")
+        assert cache.writers(dataset_name, newer) == []  # nothing loads the newer one now
+        info = json.loads(cli_run("info", dataset_name, "--redis", redis_url, "--json").stdout)
+        assert (info["version"], info["writers"]) == (newer, [])
+        refused = cli_run("rm", dataset_name, "--redis", redis_url, "--all-old")
+        assert refused.exit_code == 1, refused.output
+        line = refused.stderr.strip()
+        assert len(line.splitlines()) == 1
+        assert "Traceback" not in refused.output
+        assert f"version {older} of {dataset_name!r} is still loading: a prefetch is writing it" in line
+        assert f"`shardcache rm {dataset_name} --all-old --force`" in line
+        assert "--version" not in line
+        assert cache.versions(dataset_name) == [older, newer]  # nothing was removed
+        # The newer one, which no one loads, is removed at once.
+        assert cache.delete(dataset_name, newer) == [newer]
+    finally:
+        release.set()
+        thread.join(60)
+    report = outcome.get("report")
+    assert getattr(report, "state", None) == "complete", outcome
+    assert cache.versions(dataset_name) == [older]
+    assert cached_ids(cache, cache.manifest(dataset_name, older)) == list(range(400))
+    prefix = f"{cache.keys.prefix}s:{cache.keys.encode(dataset_name)}:{older}:"
+    assert shard_keys(cache, dataset_name)
+    assert all(k.startswith(prefix) for k in shard_keys(cache, dataset_name))
+
+
+@pytest.mark.slow
+def test_a_shard_its_version_cannot_record_leaves_no_chunk_behind(  # type: ignore[no-untyped-def]
+    cluster_factory, tmp_path: Path
+) -> None:
+    # A node full under noeviction takes no record; the shards that fit on the others must not stay
+    # there unrecorded (a version committed under allow_partial would never name them again).
+    cluster = cluster_factory(masters=3, replicas=0, maxmemory="200mb", maxmemory_policy="noeviction")
+    write_parquet_files(tmp_path / "src", files=2, rows=200)
+    with connect(cluster.url) as cache:
+        plan = plan_prefetch(tmp_path / "src", dataset="full", cache=cache, parts=1, shard_size="8KiB")
+        loading = cache.manifest("full", plan.version)
+        meta_node = cache.node_of(cache.keys.manifest("full", plan.version))
+        index = next(s.index for s in loading.shards if cache.node_of(s.key) != meta_node)
+        assert meta_node is not None
+        for node in cache.client.get_primaries():  # type: ignore[union-attr]
+            if f"{node.host}:{node.port}" == meta_node:
+                cache.client.config_set("maxmemory", "1", target_nodes=node)  # type: ignore[call-arg]
+        with pytest.raises(CapacityExceeded):
+            cache.put_shard(loading, index, b"x" * 1000)
+        assert shard_keys(cache, "full") == []  # on no primary
+        assert cache.manifest("full", plan.version).cached_shards == 0

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing.connection
+import multiprocessing.queues
 import os
 import pickle
+import re
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -81,6 +86,20 @@ def picky(batch: pa.RecordBatch) -> pa.RecordBatch:
 def dies_on_late_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A transform whose process is killed by rows with ids >= 1000 (the last part's), as by the OOM killer."""
     if pc.max(batch.column("id")).as_py() >= 1000:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return batch
+
+
+def dies_mid_message(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Like :func:`dies_on_late_rows`, but the kill lands while the part reports to the parent: the part first
+    takes what guards its channel to the parent and starts a message it never finishes."""
+    if pc.max(batch.column("id")).as_py() >= 1000:
+        partial = struct.pack("!i", 1 << 16) + b"cut short"  # a frame header, then a fraction of its bytes
+        for obj in gc.get_objects():
+            if isinstance(obj, multiprocessing.queues.Queue):  # a channel shared by the parts: its write lock
+                obj._wlock.acquire()  # type: ignore[attr-defined]
+            elif isinstance(obj, multiprocessing.connection.Connection) and obj.writable and not obj.closed:
+                os.write(obj.fileno(), partial)
         os.kill(os.getpid(), signal.SIGKILL)
     return batch
 
@@ -314,6 +333,33 @@ def test_a_part_process_that_dies_is_reported_and_nothing_is_committed(
     assert info.value.report.written == len(part_range(manifest.num_shards, 0, 3)) + len(
         part_range(manifest.num_shards, 1, 3))  # the other parts finished
     assert all(manifest.shards[i].cached for p in (0, 1) for i in part_range(manifest.num_shards, p, 3))
+
+
+def test_a_part_killed_while_it_reports_never_blocks_the_others_or_the_parent(
+    cache: ShardCache, dataset_name: str, tmp_path: Path
+) -> None:
+    write_parquet_files(tmp_path, files=3, rows=400)
+    outcome: dict[str, BaseException | object] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = parallel_prefetch(tmp_path, dataset=dataset_name, processes=3, cache=cache,
+                                                  shard_size=SHARD, transform=dies_mid_message)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run, name="parallel-prefetch", daemon=True)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "the parallel prefetch hung on the killed part's channel"
+    error = outcome.get("error")
+    assert isinstance(error, PrefetchFailed), outcome
+    assert re.search(r"part 2 \(exit code -9\) .* died before reporting", str(error)), error
+    manifest = cache.manifest(dataset_name)
+    assert manifest.state == "loading"
+    done = [i for p in (0, 1) for i in part_range(manifest.num_shards, p, 3)]
+    assert error.report.written == len(done)  # the other parts finished and reported
+    assert all(manifest.shards[i].cached for i in done)
 
 
 def test_a_part_refuses_a_source_changed_since_the_plan(cache: ShardCache, dataset_name: str, tmp_path: Path) -> None:

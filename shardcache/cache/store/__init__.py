@@ -192,9 +192,10 @@ class ShardCache:
 
     # -- writing -------------------------------------------------------------------
 
-    def lock(self, name: str, *, wait: float = 0.0, ttl: float = 30.0) -> DatasetLock:
-        """Take the writer lock of ``name`` (raises DatasetLocked after ``wait`` s)."""
-        lock = DatasetLock(call=self.call, key=self.keys.lock(name), dataset=name, ttl=ttl)
+    def lock(self, name: str, *, wait: float = 0.0, ttl: float = 30.0, version: str | None = None) -> DatasetLock:
+        """Take the writer lock of ``name`` (raises DatasetLocked after ``wait`` s). ``version``: the
+        version the holder writes, recorded in the lock's token for ``writers`` and `rm`."""
+        lock = DatasetLock(call=self.call, key=self.keys.lock(name), dataset=name, ttl=ttl, version=version)
         lock.acquire(wait=wait)
         return lock
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ...errors import ConfigError, DatasetInUse, DatasetLocked, DatasetNotFound, ManifestCorrupted
-from ..keys import validate_dataset_name, validate_version
-from ..locks import dead_local_holder
+from ..keys import MAX_PARTS, validate_dataset_name, validate_version
+from ..locks import dead_local_holder, lock_version
 from ..manifest import MAX_CHUNKS_PER_SHARD, record_chunks
 from .catalog import Catalog
 from .session import Session
@@ -25,7 +25,6 @@ __all__ = ["delete", "writers"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_PARTS = 4096  # the parts a version may be loaded in (prefetcher.parts.MAX_PARTS)
 
 # KEYS: leases, versions, latest, then (manifest, done) per version in ARGV[2..]. A key of the wrong
 # type (planted by something else) is deleted rather than left to make every `rm` fail: a lease set
@@ -68,6 +67,17 @@ if failed(newest) then
 end
 if newest[1] then redis.call('SET', KEYS[3], newest[1]) else redis.call('DEL', KEYS[3]) end
 return {1, out, redis.call('ZCARD', KEYS[2])}
+"""
+
+# KEYS: lock keys of one dataset. Their holders' tokens ('' for a free lock, or a key of the wrong type).
+_LOCKS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.pcall('GET', key)
+  if type(v) ~= 'string' then v = '' end
+  out[i] = v
+end
+return out
 """
 
 
@@ -119,7 +129,9 @@ def delete(
         before[v] = (_lenient(functools.partial(session.call, "GET", manifest_key), None),
                      _lenient(functools.partial(session.call, "HGETALL", done_key), {}))
     if not force:
-        _refuse_if_written(session, name, before, latest=latest)
+        again = f"shardcache rm {name}" + (f" --version {version}" if version is not None else
+                                            " --all-old" if all_old else "")
+        _refuse_if_written(session, name, before, latest=latest, again=f"`{again} --force`")
     script_keys = [keys.leases(name), keys.versions(name), keys.latest(name)]
     for v in targets:
         script_keys += [keys.manifest(name, v), keys.done(name, v)]
@@ -148,19 +160,24 @@ def delete(
 
 
 def _refuse_if_written(
-    session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None
+    session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None, again: str
 ) -> None:
-    """DatasetLocked when a live prefetch is loading one of the versions to remove (see :func:`writers`).
-    With force, `rm` removes it all the same, and the writer then fails (its shards' records need the
+    """DatasetLocked when a live writer is writing one of the versions to remove (see :func:`writers`): a
+    prefetch loading it, or restoring evicted shards of a complete one. ``again``: the command that
+    removes them all the same (the user's, with ``--force``); the writer then fails (its shards need the
     manifest) rather than re-create any of it."""
     for version, (manifest_raw, records) in before.items():
-        if _state(manifest_raw) != "loading":
-            continue
-        for what, holder in _live_writers(session, name, version, parts=_parts(records), latest=latest):
+        state = _state(manifest_raw)
+        # A writer lock that names no version (taken by an older shardcache, or `ShardCache.lock`)
+        # counts for the newest version while it loads, as a prefetch begins its version as the newest.
+        found = _live_writers(session, name, version, parts=_parts(records),
+                              latest=latest if state == "loading" else None)
+        for what, holder in found:
+            doing = "is still loading" if state == "loading" else "is being written"
             raise DatasetLocked(
-                f"version {version} of {name!r} is still loading: {what} ({holder}); wait for it to "
-                f"finish, or stop it, or pass force (`shardcache rm {name} --force`): the prefetch then "
-                "fails and leaves nothing of the version behind",
+                f"version {version} of {name!r} {doing}: {what} ({holder}); wait for it to finish, or stop "
+                f"it, or run the same command with --force ({again}): the writer then fails and leaves "
+                "nothing of the version behind",
                 dataset=name,
             )
 
@@ -176,22 +193,24 @@ def writers(session: Session, catalog: Catalog, name: str, version: str) -> list
 
 def _live_writers(session: Session, name: str, version: str, *, parts: int, latest: str | None
                   ) -> list[tuple[str, str]]:
-    """``(what, holder)`` of each live lock on loading ``version``: the dataset's writer lock (for the
-    newest version: a prefetch begins its version as the newest) and the locks of its ``parts``. A
-    lock whose holder died on this host does not count (it only waits out its TTL)."""
+    """``(what, holder)`` of each live lock on writing ``version``: the dataset's writer lock when its
+    token names ``version`` (or names none and ``version`` is ``latest``), and the locks of its ``parts``.
+    A lock whose holder died on this host does not count (it only waits out its TTL)."""
     keys = session.keys
-    lock_keys = [(keys.lock(name), "a prefetch is writing it")] if version == latest else []
+    lock_keys = [(keys.lock(name), "a prefetch is writing it")]
     lock_keys += [(keys.part_lock(name, version, i), f"part {i} of its prefetch is writing it")
                   for i in range(min(parts, MAX_PARTS))]
-    if not lock_keys:
-        return []
-    # One MGET: the locks share the dataset's hash tag, so one slot.
-    held = _lenient(functools.partial(session.call, "MGET", [k for k, _ in lock_keys]), [None] * len(lock_keys))
+    # One script: the locks share the dataset's hash tag, so one slot (and GET in a script needs no
+    # more than README's ACL rule, which has no MGET).
+    held = session.call("EVAL", _LOCKS, len(lock_keys), *(k for k, _ in lock_keys))
     out: list[tuple[str, str]] = []
-    for (_, what), raw in zip(lock_keys, held, strict=True):
+    for i, ((_, what), raw) in enumerate(zip(lock_keys, held, strict=True)):
         holder = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        if isinstance(holder, str) and holder and not dead_local_holder(holder):
-            out.append((what, holder))
+        if not isinstance(holder, str) or not holder or dead_local_holder(holder):
+            continue
+        if i == 0 and (lock_version(holder) or latest) != version:
+            continue  # the writer lock is held to write another version
+        out.append((what, holder))
     return out
 
 

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import redis.exceptions as rex
@@ -27,6 +27,7 @@ from ...errors import (
     ConfigError,
     DatasetNotFound,
     ManifestCorrupted,
+    ShardCacheError,
     ShardCorrupted,
     ShardMissing,
 )
@@ -50,6 +51,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
+# KEYS: manifest. Run after the chunks of a shard of a committed version are written (evicted shards
+# restored, a loader's write-back): `rm` may have removed the version meanwhile, and its chunks must
+# then go too (they would hold memory, with their TTL, that no manifest names and no `rm` finds).
+_PRESENT = "return redis.call('EXISTS', KEYS[1])"
 
 
 class Shards:
@@ -96,14 +101,26 @@ class Shards:
         # The dataset's policy, as its manifest records it: a loader writing a shard back follows it.
         ttl = manifest.shard_ttl if manifest.shard_ttl is not None else self.shard_ttl
         px = int(ttl * 1000) if ttl else None
+        # Chunks of a shard no manifest names yet are taken back when the write fails: else a shard left
+        # uncached (allow_partial, a full node) would keep the chunks that did fit, which nothing reads.
+        named = manifest.state == "complete" and shard.cached
+        c = 0
         try:
             for c, chunk in enumerate(chunks):
                 self.set(keys.chunk(shard.key, c), chunk, px=px)
         except CapacityExceeded as exc:
+            if not named:
+                self._unlink_quietly(shard.key, c)
             raise capacity_error(session, nbytes, dataset=manifest.name, node=exc.node) from exc
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
         if loading:
-            self._record(manifest, index, shard_record(written), written=len(chunks))
+            try:
+                self._record(manifest, index, shard_record(written), written=len(chunks))
+            except CapacityExceeded:  # the node holding the records is full: the shard is not recorded
+                self._unlink_quietly(shard.key, len(chunks))
+                raise
+        elif not int(session.call("EVAL", _PRESENT, 1, keys.manifest(manifest.name, manifest.version))):
+            self._removed(manifest, index, written=len(chunks))
         session.stats.add(bytes_written=nbytes, shards_written=1)
         return written
 
@@ -114,8 +131,14 @@ class Shards:
         name, version = manifest.name, manifest.version
         kept = session.call("EVAL", _RECORD, 2, keys.manifest(name, version), keys.done(name, version),
                             str(index), record)
-        if int(kept):
-            return
+        if not int(kept):
+            self._removed(manifest, index, written=written)
+
+    def _removed(self, manifest: Manifest, index: int, *, written: int) -> NoReturn:
+        """UNLINK the first ``written`` chunks of shard ``index`` of a version removed while they were
+        written, and raise DatasetNotFound."""
+        session, keys = self.session, self.session.keys
+        name, version = manifest.name, manifest.version
         for c in range(written):
             session.call("UNLINK", keys.chunk(manifest.shards[index].key, c))
         raise DatasetNotFound(
@@ -123,6 +146,15 @@ class Shards:
             "shards written for it were removed too; prefetch it again to load it anew",
             dataset=name, version=version,
         )
+
+    def _unlink_quietly(self, shard_key: str, written: int) -> None:
+        """UNLINK the first ``written`` chunks of a shard whose write failed; an UNLINK that fails too is
+        logged (`rm` of the version removes them: its records name them)."""
+        try:
+            for c in range(written):
+                self.session.call("UNLINK", self.session.keys.chunk(shard_key, c))
+        except ShardCacheError as exc:
+            log.warning("could not remove the chunks of %s after a failed write: %s", shard_key, exc)
 
     def drop_shard(self, manifest: Manifest, index: int) -> Manifest:
         shard = manifest.shards[index]
