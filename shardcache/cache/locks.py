@@ -78,9 +78,20 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 Call = Callable[..., Any]
 
 
+def _host() -> str:
+    """This process's host as lock tokens name it: the hostname, and the inode of its PID namespace
+    when there is one (``pod/4026532201``). Pods on one node with ``hostNetwork`` share a hostname but
+    not their process ids: only a holder of this very namespace can be judged dead by its pid."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{namespace}"
+
+
 def _holder(version: str | None = None) -> str:
     """A new token ``HOST:PID:HEX``, or ``HOST:PID:HEX:VERSION`` for a lock taken to write ``version``."""
-    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    token = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     return token if version is None else f"{token}:{validate_version(version)}"
 
 
@@ -97,11 +108,12 @@ def lock_version(token: str) -> str | None:
 
 
 def dead_local_holder(token: str) -> bool:
-    """Whether lock token ``token`` (``HOST:PID:...``) names a process of this host that is gone
-    (killed with SIGKILL, say: its lock lives on until its TTL passes)."""
+    """Whether lock token ``token`` (``HOST:PID:...``) names a process of this host and PID namespace
+    that is gone (killed with SIGKILL, say: its lock lives on until its TTL passes). A holder elsewhere
+    is never judged: its lock is waited out."""
     host, _, rest = token.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+    if host != _host() or not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
     try:
         os.kill(int(pid_text), 0)

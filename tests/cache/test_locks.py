@@ -147,3 +147,25 @@ def test_lock_and_lease_arguments(cache: ShardCache, name: str) -> None:
     lease = cache.lease(name, ttl=5)
     assert isinstance(lease, Lease)
     lease.release()
+
+
+def test_only_a_holder_of_this_host_and_pid_namespace_is_judged_dead() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from shardcache.cache.locks import _holder, dead_local_holder
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(gone.stdout)  # exited: no such process (unless reused, which is vanishingly rare here)
+    host = _holder().split(":")[0]
+    assert host == f"{socket.gethostname()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    assert dead_local_holder(f"{host}:{pid}:0123abcd")
+    assert dead_local_holder(f"{host}:{pid}:0123abcd:v1")
+    # Same hostname, another PID namespace (a hostNetwork pod on this node): its pids mean nothing here.
+    assert not dead_local_holder(f"{socket.gethostname()}/1:{pid}:0123abcd")
+    assert not dead_local_holder(f"{socket.gethostname()}:{pid}:0123abcd")  # an older token: waited out
+    assert not dead_local_holder(f"{host}:{os.getpid()}:0123abcd")  # this process
+    assert not dead_local_holder(f"{host}:1:0123abcd")  # alive

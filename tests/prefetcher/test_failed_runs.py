@@ -26,6 +26,8 @@ from shardcache.prefetcher import Progress, plan_prefetch, run_prefetch
 from .conftest import cached_ids, image_table, kill_at, write_parquet_files
 from .test_resume import KILLER
 
+THIS_HOST = f"{socket.gethostname()}/{os.stat('/proc/self/ns/pid').st_ino}"  # as lock tokens name it
+
 # One part of a planned version in its own process; after its second shard it waits for a line on stdin
 # (the test's go-ahead), then goes on writing.
 PAUSED_PART = textwrap.dedent(
@@ -204,7 +206,7 @@ def test_rm_refuses_while_a_prefetch_loads_and_force_leaves_nothing_behind(
         assert cache.manifest(dataset_name).state == "loading"  # nothing was removed
         info = json.loads(cli_run("info", dataset_name, "--redis", redis_url, "--json").stdout)
         assert len(info["writers"]) == 1
-        assert info["writers"][0].startswith(f"a prefetch is writing it ({socket.gethostname()}:{os.getpid()}:")
+        assert info["writers"][0].startswith(f"a prefetch is writing it ({THIS_HOST}:{os.getpid()}:")
 
         assert cli_run("rm", dataset_name, "--redis", redis_url, "--force").exit_code == 0
     finally:
@@ -441,7 +443,7 @@ def test_a_resumed_prefetch_of_an_older_loading_version_is_its_writer_for_info_a
         assert cache.latest_version(dataset_name) == newer
         assert len(cache.writers(dataset_name, older)) == 1
         assert cache.writers(dataset_name, older)[0].startswith(
-            f"a prefetch is writing it ({socket.gethostname()}:{os.getpid()}:")
+            f"a prefetch is writing it ({THIS_HOST}:{os.getpid()}:")
         assert cache.writers(dataset_name, newer) == []  # nothing loads the newer one now
         info = json.loads(cli_run("info", dataset_name, "--redis", redis_url, "--json").stdout)
         assert (info["version"], info["writers"]) == (newer, [])
