@@ -14,7 +14,7 @@ import redis
 # and ASKING while slots migrate). README's "Access control" section shows this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~sc:* resetchannels -@all "
-    "+get +set +del +unlink +exists +strlen +hget +hset +hdel +hgetall +sadd +srem +smembers "
+    "+get +set +del +unlink +exists +strlen +hget +hset +hsetnx +hdel +hgetall +sadd +srem +smembers "
     "+zadd +zrange +zrevrange +zrangebyscore +zrem +zremrangebyscore +zcard +pexpire +pexpireat "
     "+eval +time +ping +info +cluster|slots +command +asking"
 )

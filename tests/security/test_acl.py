@@ -69,6 +69,11 @@ def test_minimal_acl_user_runs_up_prefetch_load_rm_through_cli_and_library(
         assert json.loads(run("info", name, "--redis", secure.url, "--json", env=env).stdout)["missing_shards"] == []
         top = run("top", "--once", "--redis", secure.url, env=env)
         assert name in top.stdout, top.output
+        # A prefetch in parallel parts (planned, loaded by two processes, committed) as the ACL user.
+        parts = run("prefetch", str(source), "--dataset", unique_name("acl-parts"), "--redis", secure.url,
+                    "--shard-size", "8KiB", "--processes", "2", "--json", env=env)
+        assert parts.exit_code == 0, parts.output
+        assert json.loads(parts.stdout)["state"] == "complete"
 
         # Library: prefetch another dataset, load both (workers get the credentials by pickling),
         # read one shard through and write it back.
