@@ -85,7 +85,7 @@ def info(
         missing = cache.missing_shards(m)
         versions = cache.versions(dataset)
         leases = cache.leases(dataset)
-        writers = cache.writers(dataset, m.version) if m.state == "loading" else []
+        writers = cache.writers(dataset, m.version)  # a complete version too: restoring evicted shards
     data = {
         "dataset": m.name, "version": m.version, "state": m.state, "rows": m.num_rows,
         "shards": m.num_shards, "cached_shards": m.cached_shards, "missing_shards": missing,
@@ -102,7 +102,7 @@ def info(
     click.echo(f"  source {data['source']}  transform {m.transform_id or '-'}")
     click.echo(f"  versions: {', '.join(versions)}   live leases: {len(leases)}")
     if writers:
-        click.echo(f"  loading now: {'; '.join(writers)}")
+        click.echo(f"  {'loading' if m.state == 'loading' else 'writing'} now: {'; '.join(writers)}")
     elif m.state == "loading":
         click.echo(f"  no prefetch is loading it (it failed or was killed): run the same prefetch again to resume it, "
                    f"or free its {format_bytes(m.nbytes)} with `shardcache rm {_quoted(m.name)} --version {m.version}`")

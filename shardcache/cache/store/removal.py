@@ -129,9 +129,7 @@ def delete(
         before[v] = (_lenient(functools.partial(session.call, "GET", manifest_key), None),
                      _lenient(functools.partial(session.call, "HGETALL", done_key), {}))
     if not force:
-        again = f"shardcache rm {name}" + (f" --version {version}" if version is not None else
-                                            " --all-old" if all_old else "")
-        _refuse_if_written(session, name, before, latest=latest, again=f"`{again} --force`")
+        _refuse_if_written(session, name, before, latest=latest)
     script_keys = [keys.leases(name), keys.versions(name), keys.latest(name)]
     for v in targets:
         script_keys += [keys.manifest(name, v), keys.done(name, v)]
@@ -159,13 +157,11 @@ def delete(
     return targets
 
 
-def _refuse_if_written(
-    session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None, again: str
-) -> None:
+def _refuse_if_written(session: Session, name: str, before: Mapping[str, tuple[Any, Any]], *, latest: str | None
+                       ) -> None:
     """DatasetLocked when a live writer is writing one of the versions to remove (see :func:`writers`): a
-    prefetch loading it, or restoring evicted shards of a complete one. ``again``: the command that
-    removes them all the same (the user's, with ``--force``); the writer then fails (its shards need the
-    manifest) rather than re-create any of it."""
+    prefetch loading it, or restoring evicted shards of a complete one. Forced, the removal goes ahead and
+    the writer then fails (its shards need the manifest) rather than re-create any of it."""
     for version, (manifest_raw, records) in before.items():
         state = _state(manifest_raw)
         # A writer lock that names no version (taken by an older shardcache, or `ShardCache.lock`)
@@ -176,8 +172,8 @@ def _refuse_if_written(
             doing = "is still loading" if state == "loading" else "is being written"
             raise DatasetLocked(
                 f"version {version} of {name!r} {doing}: {what} ({holder}); wait for it to finish, or stop "
-                f"it, or run the same command with --force ({again}): the writer then fails and leaves "
-                "nothing of the version behind",
+                "it, or remove it anyway with force (add --force to the same `shardcache rm` command; "
+                "force=True in Python): the writer then fails and leaves nothing of the version behind",
                 dataset=name,
             )
 
