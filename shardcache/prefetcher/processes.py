@@ -136,6 +136,10 @@ def _run_parts(
                     procs[part].join(timeout=5)
                     died.append(f"{part} (exit code {procs[part].exitcode})")
                     continue
+                except Exception as exc:  # a message that cannot be rebuilt here: that part's error
+                    del pending[conn]
+                    errors.append(ShardCacheError(f"part {part} sent a report that cannot be read: {exc!r}"))
+                    continue
                 kind, _, payload = message
                 if kind == "progress":
                     latest[part] = payload
@@ -145,14 +149,18 @@ def _run_parts(
                 del pending[conn]
                 (reports if kind == "done" else errors).append(payload)
     finally:
-        for proc in procs.values():
-            proc.join(timeout=5)
-            if proc.is_alive():  # interrupted: stop the others, their parts resume on the next run
-                proc.terminate()
-                proc.join()
-        for reader, writer in pipes:
-            reader.close()
-            writer.close()
+        try:
+            for proc in procs.values():
+                if proc.pid is None:  # never started (a start failed): nothing to stop
+                    continue
+                proc.join(timeout=5)
+                if proc.is_alive():  # interrupted: stop the others, their parts resume on the next run
+                    proc.terminate()
+                    proc.join()
+        finally:
+            for reader, writer in pipes:
+                reader.close()
+                writer.close()
     return reports, errors, died
 
 
@@ -201,7 +209,7 @@ def _part_main(pipe: Any, part: int, parts: int, source: str, dataset: str, cach
         send(("done", part, report))
     except BaseException as exc:  # handed to the parent, which raises it once the other parts are done
         try:
-            pickle.dumps(exc)
+            pickle.loads(pickle.dumps(exc))  # the parent must be able to rebuild it, not only this side to send it
         except Exception:
             exc = ShardCacheError(f"part {part}: {type(exc).__name__}: {exc}")
         send(("error", part, exc))
