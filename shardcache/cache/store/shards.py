@@ -108,15 +108,19 @@ class Shards:
         try:
             for c, chunk in enumerate(chunks):
                 self.set(keys.chunk(shard.key, c), chunk, px=px)
-        except CapacityExceeded as exc:
-            if not named:
-                self._unlink_quietly(shard.key, c)
-            raise capacity_error(session, nbytes, dataset=manifest.name, node=exc.node) from exc
+        except ShardCacheError as exc:
+            if not named:  # chunk c too: its SET may have landed with the reply lost, then failed on a retry
+                self._unlink_quietly(shard.key, c + 1)
+            if isinstance(exc, CapacityExceeded):
+                raise capacity_error(session, nbytes, dataset=manifest.name, node=exc.node) from exc
+            raise
         written = shard.written(nbytes=nbytes, checksum=digest, chunks=len(chunks))
         if loading:
             try:
                 self._record(manifest, index, shard_record(written), written=len(chunks))
-            except CapacityExceeded:  # the node holding the records is full: the shard is not recorded
+            except DatasetNotFound:  # removed meanwhile: _record took the chunks back
+                raise
+            except ShardCacheError:  # e.g. the node holding the records is full or down: not recorded
                 self._unlink_quietly(shard.key, len(chunks))
                 raise
         elif not int(session.call("EVAL", _PRESENT, 1, keys.manifest(manifest.name, manifest.version))):
